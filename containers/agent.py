@@ -1,0 +1,297 @@
+"""The node agent: a Celery worker that consumes ``node.<name>`` and runs VE jobs.
+
+Run it as root on each host: ``python -m containers.agent`` with the environment described
+in :mod:`containers.config`. It holds no database credentials; it learns what to do from
+signed job messages and reports back through signed, sequenced events and heartbeats.
+
+Safety rules enforced here (DESIGN.md, "Jobs"):
+
+* a message that is unsigned, forged, for another node, expired, or older than the VE's
+  last applied generation does nothing;
+* a job id is run at most once: the journal in ``state/journal`` records each job the agent
+  started, so a redelivered message for a job that ran (or was cut short by a crash) is
+  refused; a job cut short by a crash is reported failed when the agent comes back;
+* VEs are not children of the agent (``lxc-start -d`` daemonizes), so stopping or
+  restarting the agent never stops a VE.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+
+import psutil
+from celery import Celery
+from celery.signals import worker_ready, worker_shutdown
+
+from . import messages as m
+from .config import AgentConfig
+from .runtime import Runtime, RuntimeError_
+from .templates import TemplateError, ensure_builtin, list_templates
+
+log = logging.getLogger("hako.agent")
+
+
+class Agent:
+    """State shared by the job handlers and the heartbeat thread of one agent process."""
+
+    def __init__(self, cfg: AgentConfig, app: Celery):
+        self.cfg = cfg
+        self.app = app
+        self.runtime = Runtime(cfg)
+        self.instance = str(uuid.uuid4())  # changes at every agent start: the panel reaps on it
+        self.started_at = time.time()
+        self.hb_seq = 0
+        self._stop = threading.Event()
+
+    # --- outbound ----------------------------------------------------------------------
+    def send(self, task: str, body: dict) -> None:
+        self.app.send_task(task, args=[m.sign(body, self.cfg.key)], queue=m.PANEL_QUEUE,
+                           serializer="json", retry=True,
+                           retry_policy={"max_retries": 5, "interval_start": 0.2, "interval_step": 0.5})
+
+    def event(self, job_id: str, seq: int, type_: str, message: str = "", data: dict | None = None):
+        self.send(m.TASK_PANEL_EVENT, m.event_body(node=self.cfg.node, instance=self.instance,
+                                                   job_id=job_id, seq=seq, type=type_,
+                                                   message=message, data=data))
+
+    def capacity(self) -> dict:
+        vm = psutil.virtual_memory()
+        du = psutil.disk_usage(str(self.cfg.images))
+        return {
+            "cpus": psutil.cpu_count() or 1,
+            "load1": os.getloadavg()[0],
+            "cpu_percent": psutil.cpu_percent(interval=None),
+            "mem_total": vm.total,
+            "mem_available": vm.available,
+            "disk_total": du.total,
+            "disk_free": du.free,
+        }
+
+    def heartbeat(self) -> None:
+        self.hb_seq += 1
+        body = m.heartbeat_body(
+            node=self.cfg.node, instance=self.instance, seq=self.hb_seq, capacity=self.capacity(),
+            inventory=self.runtime.inventory(),
+            info={"templates": list_templates(self.cfg.templates), "started_at": self.started_at,
+                  "hostname": socket.gethostname(), "kernel": os.uname().release},
+        )
+        self.send(m.TASK_PANEL_HEARTBEAT, body)
+
+    def heartbeat_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.heartbeat()
+            except Exception:  # a broker hiccup must not kill the heartbeat thread
+                log.exception("heartbeat failed")
+            self._stop.wait(self.cfg.heartbeat_interval)
+
+    # --- journal -----------------------------------------------------------------------
+    def journal_path(self, job_id: str):
+        return self.cfg.state / "journal" / f"{job_id}.json"
+
+    def journal_claim(self, job: m.JobMessage) -> bool:
+        """Record that this job id starts now; False if it was seen before."""
+        path = self.journal_path(job.job_id)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as f:
+            json.dump({"op": job.op, "veid": job.veid, "instance": self.instance, "state": "running",
+                       "expires_at": job.expires_at}, f)
+        return True
+
+    def journal_finish(self, job_id: str, state: str) -> None:
+        path = self.journal_path(job_id)
+        try:
+            data = json.loads(path.read_text())
+        except (FileNotFoundError, ValueError):
+            data = {}
+        data["state"] = state
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, path)
+
+    def recover_journal(self) -> None:
+        """Report jobs that an earlier agent process started and never finished, and drop
+        journal entries old enough that their message has expired anyway."""
+        now = time.time()
+        for path in (self.cfg.state / "journal").glob("*.json"):
+            try:
+                data = json.loads(path.read_text())
+            except ValueError:
+                path.unlink(missing_ok=True)
+                continue
+            if data.get("state") == "running" and data.get("instance") != self.instance:
+                job_id = path.stem
+                self.event(job_id, 1_000_000, "failed",
+                           "The node agent restarted while this job ran; the operation was interrupted.",
+                           {"error": "agent-restarted", "observed": self._observe(data.get("veid"))})
+                self.journal_finish(job_id, "interrupted")
+            elif now - data.get("expires_at", 0) > 24 * 3600:
+                path.unlink(missing_ok=True)
+
+    def _observe(self, veid) -> dict:
+        if not isinstance(veid, int):
+            return {}
+        try:
+            return {"state": self.runtime.state(veid), "nproc": self.runtime.nproc(veid) or 0}
+        except Exception:
+            return {}
+
+    # --- jobs --------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def ve_lock(self, veid: int):
+        """One operation per VE at a time across the pool's processes (flock on a file)."""
+        path = self.cfg.state / "locks" / f"{veid}.lock"
+        path.parent.mkdir(exist_ok=True)
+        with open(path, "w") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def fault(self, op: str):
+        """Test hook: HAKO_FAULT_DELAY=op:seconds sleeps midway through that operation."""
+        def hook():
+            if self.cfg.fault_delay:
+                name, _, secs = self.cfg.fault_delay.partition(":")
+                if name == op:
+                    time.sleep(float(secs or 0))
+        return hook
+
+    def handle(self, envelope) -> str:
+        """Verify a job message and run it. Returns a short outcome for Celery's result log."""
+        try:
+            body = m.open_envelope(envelope, self.cfg.key)
+            job = m.JobMessage.from_body(body, node=self.cfg.node)
+        except m.MessageError as e:
+            log.warning("refused message: %s", e)
+            return f"refused: {e}"
+        stored = self.runtime.load_generation(job.veid)
+        if job.generation < stored:
+            log.warning("refused stale job %s: generation %s < %s", job.job_id, job.generation, stored)
+            return "refused: stale generation"
+        if not self.journal_claim(job):
+            log.warning("refused job %s: already run by this node", job.job_id)
+            return "refused: already run"
+        seq = 0
+
+        def emit(type_: str, message: str = "", data: dict | None = None):
+            nonlocal seq
+            seq += 1
+            self.event(job.job_id, seq, type_, message, data)
+
+        emit("running", f"{job.op} VE {job.veid} on {self.cfg.node}", {"instance": self.instance})
+        outcome = "failed"
+        try:
+            with self.ve_lock(job.veid):
+                result = self.run(job, lambda msg: emit("log", msg))
+            emit("succeeded", "", result)
+            outcome = "succeeded"
+        except (RuntimeError_, TemplateError) as e:
+            emit("failed", str(e), {"error": "operation-failed", "observed": self._observe(job.veid)})
+        except Exception as e:  # never leave a job running in the panel's eyes
+            log.exception("job %s crashed", job.job_id)
+            emit("failed", f"internal error on node: {type(e).__name__}",
+                 {"error": "internal", "observed": self._observe(job.veid)})
+        finally:
+            self.journal_finish(job.job_id, outcome)
+        return outcome
+
+    def run(self, job: m.JobMessage, log_line) -> dict:
+        rt, spec, gen = self.runtime, job.spec, job.generation
+        if job.op == "create":
+            return rt.create(spec, gen, log_line, fault=self.fault("create"))
+        if job.op == "start":
+            self.fault("start")()
+            return rt.start(spec, gen, log_line)
+        if job.op == "stop":
+            self.fault("stop")()
+            return rt.stop(job.veid, log_line, timeout=_arg_int(job.args, "timeout", self.cfg.stop_timeout),
+                           kill=job.args.get("kill") is True)
+        if job.op == "restart":
+            rt.stop(job.veid, log_line)
+            self.fault("restart")()
+            return rt.start(spec, gen, log_line)
+        if job.op == "destroy":
+            return rt.destroy(job.veid, log_line)
+        if job.op == "set":
+            self.fault("set")()
+            return rt.set(spec, gen, log_line)
+        if job.op == "exec":
+            argv = job.args.get("argv")
+            if (not isinstance(argv, list) or not argv or len(argv) > 256
+                    or not all(isinstance(a, str) and "\x00" not in a for a in argv)):
+                raise RuntimeError_("exec needs a non-empty argv list of strings")
+            return rt.exec(job.veid, argv, timeout=_arg_int(job.args, "timeout", 60), log=log_line)
+        if job.op == "status":
+            return {"state": rt.state(job.veid), "nproc": rt.nproc(job.veid) or 0}
+        raise RuntimeError_(f"unknown operation {job.op}")
+
+    def stop(self):
+        self._stop.set()
+
+
+def _arg_int(args: dict, name: str, default: int) -> int:
+    v = args.get(name, default)
+    if type(v) is not int or not 0 <= v <= 3600:
+        raise RuntimeError_(f"argument {name} must be an integer in [0, 3600]")
+    return v
+
+
+def make_app(cfg: AgentConfig) -> tuple[Celery, Agent]:
+    app = Celery("hako-node", broker=cfg.broker_url, set_as_current=True)
+    app.conf.update(
+        task_serializer="json", accept_content=["json"], result_serializer="json",
+        task_acks_late=True, task_reject_on_worker_lost=False,
+        worker_prefetch_multiplier=1, task_ignore_result=True,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={"visibility_timeout": 3600},
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+    )
+    agent = Agent(cfg, app)
+
+    @app.task(name=m.TASK_NODE_JOB, bind=True, acks_late=True)
+    def node_job(self, envelope):  # noqa: ARG001 - Celery's bound task
+        return agent.handle(envelope)
+
+    @worker_ready.connect(weak=False)
+    def _on_ready(**_):
+        agent.recover_journal()
+        threading.Thread(target=agent.heartbeat_loop, name="heartbeat", daemon=True).start()
+
+    @worker_shutdown.connect(weak=False)
+    def _on_shutdown(**_):
+        agent.stop()
+
+    return app, agent
+
+
+def main() -> None:
+    logging.basicConfig(level=os.environ.get("HAKO_LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = AgentConfig.from_env()
+    cfg.ensure_dirs()
+    templates = ensure_builtin(cfg.templates)
+    log.info("node %s: root %s, templates %s", cfg.node, cfg.root, templates)
+    app, _agent = make_app(cfg)
+    app.worker_main([
+        "worker", "-Q", m.queue_for_node(cfg.node), "-n", f"{cfg.node}@{socket.gethostname()}",
+        # prefork: acks_late with the threads pool stalls consumption on the Redis transport
+        # (acks from pool threads do not wake the consumer loop), measured at seconds per job.
+        "--pool", "prefork", "-c", str(cfg.concurrency), "--prefetch-multiplier", "1",
+        "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "INFO",
+    ])
+
+
+if __name__ == "__main__":
+    main()

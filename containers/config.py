@@ -1,0 +1,104 @@
+"""Node agent settings, read strictly from the environment.
+
+Every per-agent path hangs off one root directory so that two agents can run on one host
+(tests, migration) without touching each other's containers, images or state.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .messages import NODE_NAME_RE
+
+
+class ConfigError(RuntimeError):
+    pass
+
+
+def _int(name: str, default: int, lo: int, hi: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    if not re.fullmatch(r"\d+", raw):
+        raise ConfigError(f"{name} must be an integer, got {raw!r}")
+    v = int(raw)
+    if not lo <= v <= hi:
+        raise ConfigError(f"{name} must be in [{lo}, {hi}], got {v}")
+    return v
+
+
+def _float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    node: str
+    key: bytes
+    broker_url: str
+    root: Path
+    heartbeat_interval: float
+    concurrency: int
+    stop_timeout: int
+    # Test-only fault injection: "op:seconds" makes the named operation sleep midway, so
+    # that a test can kill the agent while a job runs. Empty in production.
+    fault_delay: str
+
+    @property
+    def lxcpath(self) -> Path:
+        return self.root / "lxc"
+
+    @property
+    def images(self) -> Path:
+        return self.root / "images"
+
+    @property
+    def mounts(self) -> Path:
+        return self.root / "mnt"
+
+    @property
+    def templates(self) -> Path:
+        return self.root / "templates"
+
+    @property
+    def state(self) -> Path:
+        return self.root / "state"
+
+    @classmethod
+    def from_env(cls) -> "AgentConfig":
+        node = os.environ.get("HAKO_NODE_NAME", "")
+        if not NODE_NAME_RE.match(node):
+            raise ConfigError("HAKO_NODE_NAME must be a DNS label (lower case, digits, '-')")
+        key_hex = os.environ.get("HAKO_NODE_KEY", "")
+        if not re.fullmatch(r"[0-9a-f]{64}", key_hex):
+            raise ConfigError("HAKO_NODE_KEY must be 64 hex characters (the node's key from the panel)")
+        broker = os.environ.get("HAKO_BROKER_URL", "redis://127.0.0.1:6379/0")
+        if not broker.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError("HAKO_BROKER_URL must be a redis:// URL")
+        root = Path(os.environ.get("HAKO_NODE_ROOT") or f"/var/lib/hako/node-{node}")
+        if not root.is_absolute():
+            raise ConfigError("HAKO_NODE_ROOT must be an absolute path")
+        return cls(
+            node=node,
+            key=bytes.fromhex(key_hex),
+            broker_url=broker,
+            root=root,
+            heartbeat_interval=_float("HAKO_HEARTBEAT_INTERVAL", 2.0),
+            concurrency=_int("HAKO_AGENT_CONCURRENCY", 4, 1, 64),
+            stop_timeout=_int("HAKO_STOP_TIMEOUT", 30, 1, 3600),
+            fault_delay=os.environ.get("HAKO_FAULT_DELAY", ""),
+        )
+
+    def ensure_dirs(self) -> None:
+        for p in (self.root, self.lxcpath, self.images, self.mounts, self.templates,
+                  self.state, self.state / "ves", self.state / "journal"):
+            p.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root, 0o711)

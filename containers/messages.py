@@ -1,0 +1,275 @@
+"""Message schemas and signing shared by the panel and the node agents.
+
+The broker is not trusted (DESIGN.md, "Architecture"): every message that crosses it is a
+JSON envelope ``{"v": 1, "body": {...}, "sig": "<hex>"}`` where ``sig`` is an HMAC-SHA256
+over the canonical JSON of ``body`` with the key of the node the message is for (panel to
+node) or from (node to panel). A node only knows its own key, so it can neither forge
+work for another node nor facts about another node.
+
+This module is Django-free: the panel imports it, the node agent imports it.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+import time
+from dataclasses import dataclass
+
+SCHEMA_VERSION = 1
+
+# Task names: the only coupling between panel and node besides these schemas.
+TASK_NODE_JOB = "hako.node.job"
+TASK_PANEL_EVENT = "hako.panel.event"
+TASK_PANEL_HEARTBEAT = "hako.panel.heartbeat"
+PANEL_QUEUE = "panel"
+
+# Operations a node runs. Mutating ones hold the VE's lock on the panel side.
+MUTATING_OPS = ("create", "start", "stop", "restart", "destroy", "set")
+READ_OPS = ("exec", "status")
+OPS = MUTATING_OPS + READ_OPS
+
+# How long a job message stays valid on the broker. A message older than this is refused
+# by the node, so that a redelivery long after the panel gave up does nothing.
+JOB_TTL_SECONDS = 120
+
+EVENT_TYPES = ("running", "step", "log", "succeeded", "failed")
+
+NODE_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+class MessageError(ValueError):
+    """A message is malformed, unsigned, forged, expired or stale."""
+
+
+def queue_for_node(node_name: str) -> str:
+    return f"node.{node_name}"
+
+
+def canonical(body: dict) -> bytes:
+    """The exact bytes that are signed: sorted keys, no whitespace, UTF-8."""
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def sign(body: dict, key: bytes) -> dict:
+    """Wrap ``body`` in a signed envelope."""
+    if not key:
+        raise MessageError("no signing key")
+    mac = hmac.new(key, canonical(body), hashlib.sha256).hexdigest()
+    return {"v": SCHEMA_VERSION, "body": body, "sig": mac}
+
+
+def open_envelope(envelope, key: bytes) -> dict:
+    """Check an envelope's shape and signature and return its body.
+
+    Raises :class:`MessageError` on anything but a well-formed envelope signed with ``key``.
+    """
+    if not isinstance(envelope, dict) or set(envelope) != {"v", "body", "sig"}:
+        raise MessageError("not a Hako envelope")
+    if envelope["v"] != SCHEMA_VERSION:
+        raise MessageError(f"unsupported schema version {envelope['v']!r}")
+    body, sig = envelope["body"], envelope["sig"]
+    if not isinstance(body, dict) or not isinstance(sig, str):
+        raise MessageError("malformed envelope")
+    if not key:
+        raise MessageError("no key to verify with")
+    expected = hmac.new(key, canonical(body), hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(expected, sig):
+        raise MessageError("bad signature")
+    return body
+
+
+def peek_field(envelope, field: str):
+    """Read an unverified field (e.g. the node name, to pick the key). Never trust it."""
+    try:
+        return envelope["body"][field]
+    except (KeyError, TypeError):
+        return None
+
+
+# --- VE spec -------------------------------------------------------------------------
+
+HOSTNAME_RE = re.compile(
+    r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+)
+TEMPLATE_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{0,63}$")
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+TiB = 1024 * GiB
+
+# Bounds shared by the panel's validation and the node's re-validation.
+LIMITS = {
+    "veid": (100, 2_000_000_000),
+    "memory": (16 * MiB, 1 * TiB),
+    "swap": (0, 1 * TiB),
+    "disk": (64 * MiB, 16 * TiB),
+    "cpuunits": (8, 500_000),
+    "cpulimit": (0, 100 * 1024),  # percent of one CPU; 0 = no cap
+    "numproc": (16, 4_194_304),
+    "uid_base": (65_536, 4_294_967_295 - 65_536),
+}
+IDMAP_SIZE = 65536
+
+
+@dataclass(frozen=True)
+class VESpec:
+    """Everything a node needs to run a VE; re-validated on the node from raw JSON."""
+
+    veid: int
+    hostname: str
+    template: str
+    memory: int
+    swap: int
+    disk: int
+    cpuunits: int
+    cpulimit: int
+    numproc: int
+    uid_base: int
+    addresses: tuple = ()
+    onboot: bool = False
+
+    @classmethod
+    def from_dict(cls, raw) -> "VESpec":
+        if not isinstance(raw, dict):
+            raise MessageError("spec must be an object")
+        allowed = set(cls.__dataclass_fields__)
+        unknown = set(raw) - allowed
+        if unknown:
+            raise MessageError(f"unknown spec fields: {sorted(unknown)}")
+        values = {}
+        for name, (lo, hi) in LIMITS.items():
+            v = raw.get(name)
+            if type(v) is not int or not lo <= v <= hi:
+                raise MessageError(f"spec field {name} must be an integer in [{lo}, {hi}]")
+            values[name] = v
+        hostname = raw.get("hostname")
+        if not isinstance(hostname, str) or not HOSTNAME_RE.match(hostname):
+            raise MessageError("spec hostname is not an RFC 1123 hostname")
+        template = raw.get("template")
+        if not isinstance(template, str) or not TEMPLATE_RE.match(template):
+            raise MessageError("spec template name is invalid")
+        addresses = raw.get("addresses", [])
+        if not isinstance(addresses, list) or not all(isinstance(a, str) for a in addresses):
+            raise MessageError("spec addresses must be a list of strings")
+        onboot = raw.get("onboot", False)
+        if not isinstance(onboot, bool):
+            raise MessageError("spec onboot must be a boolean")
+        return cls(hostname=hostname, template=template, addresses=tuple(addresses),
+                   onboot=onboot, **values)
+
+    def to_dict(self) -> dict:
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        d["addresses"] = list(self.addresses)
+        return d
+
+
+# --- job messages --------------------------------------------------------------------
+
+
+def job_body(*, job_id: str, node: str, op: str, veid: int, generation: int, spec: dict | None,
+             args: dict | None = None, ttl: int = JOB_TTL_SECONDS, now: float | None = None) -> dict:
+    """Build the body of a job message (panel side)."""
+    now = time.time() if now is None else now
+    return {
+        "type": "job",
+        "job_id": job_id,
+        "node": node,
+        "op": op,
+        "veid": veid,
+        "generation": generation,
+        "spec": spec,
+        "args": args or {},
+        "issued_at": now,
+        "expires_at": now + ttl,
+    }
+
+
+@dataclass(frozen=True)
+class JobMessage:
+    """A verified, re-validated job as the node sees it."""
+
+    job_id: str
+    node: str
+    op: str
+    veid: int
+    generation: int
+    spec: VESpec | None
+    args: dict
+    issued_at: float
+    expires_at: float
+
+    @classmethod
+    def from_body(cls, body: dict, *, node: str, now: float | None = None) -> "JobMessage":
+        now = time.time() if now is None else now
+        if body.get("type") != "job":
+            raise MessageError("not a job message")
+        if body.get("node") != node:
+            raise MessageError(f"job is for node {body.get('node')!r}, not {node!r}")
+        job_id = body.get("job_id")
+        if not isinstance(job_id, str) or not UUID_RE.match(job_id):
+            raise MessageError("bad job id")
+        op = body.get("op")
+        if op not in OPS:
+            raise MessageError(f"unknown operation {op!r}")
+        veid, gen = body.get("veid"), body.get("generation")
+        if type(veid) is not int or not LIMITS["veid"][0] <= veid <= LIMITS["veid"][1]:
+            raise MessageError("bad veid")
+        if type(gen) is not int or gen < 0:
+            raise MessageError("bad generation")
+        issued, expires = body.get("issued_at"), body.get("expires_at")
+        if not isinstance(issued, (int, float)) or not isinstance(expires, (int, float)):
+            raise MessageError("missing timestamps")
+        if now > expires:
+            raise MessageError(f"job message expired {now - expires:.1f}s ago")
+        if issued > now + 30:
+            raise MessageError("job message issued in the future")
+        raw_spec = body.get("spec")
+        spec = VESpec.from_dict(raw_spec) if raw_spec is not None else None
+        if spec is not None and spec.veid != veid:
+            raise MessageError("spec veid does not match job veid")
+        if op in ("create", "start", "restart", "set") and spec is None:
+            raise MessageError(f"operation {op} needs a spec")
+        args = body.get("args")
+        if not isinstance(args, dict):
+            raise MessageError("args must be an object")
+        return cls(job_id=job_id, node=node, op=op, veid=veid, generation=gen, spec=spec,
+                   args=args, issued_at=float(issued), expires_at=float(expires))
+
+
+# --- node to panel -------------------------------------------------------------------
+
+
+def event_body(*, node: str, instance: str, job_id: str, seq: int, type: str, message: str = "",
+               data: dict | None = None, now: float | None = None) -> dict:
+    """Body of a job event: progress or result of one job, sequenced per job."""
+    if type not in EVENT_TYPES:
+        raise MessageError(f"bad event type {type!r}")
+    return {
+        "type": "event",
+        "node": node,
+        "instance": instance,
+        "job_id": job_id,
+        "seq": seq,
+        "event": type,
+        "message": message,
+        "data": data or {},
+        "ts": time.time() if now is None else now,
+    }
+
+
+def heartbeat_body(*, node: str, instance: str, seq: int, capacity: dict, inventory: list,
+                   info: dict | None = None, now: float | None = None) -> dict:
+    """Body of a heartbeat: node capacity and the inventory of its VEs."""
+    return {
+        "type": "heartbeat",
+        "node": node,
+        "instance": instance,
+        "seq": seq,
+        "capacity": capacity,
+        "inventory": inventory,
+        "info": info or {},
+        "ts": time.time() if now is None else now,
+    }

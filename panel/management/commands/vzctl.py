@@ -1,0 +1,160 @@
+"""``vzctl``: OpenVZ's VE control command on Hako's services, waiting for each job.
+
+    manage.py vzctl create 101 --ostemplate busybox --hostname web1 --ram 256M --diskspace 1G
+    manage.py vzctl start 101
+    manage.py vzctl set 101 --ram 512M --cpulimit 50
+    manage.py vzctl exec 101 ps
+    manage.py vzctl stop 101
+    manage.py vzctl destroy 101
+
+A job that fails prints its reason and exits non-zero. Bare numbers for --diskspace are
+KiB and for --ram/--swap bytes, as vzctl reads them; suffixes K, M, G, T work everywhere.
+"""
+import argparse
+import sys
+
+from django.core.management.base import BaseCommand, CommandError
+
+from panel.models import Job, Node, Tenant
+from panel.services import ves as svc
+from panel.services.errors import ServiceError
+from panel.services.jobs import job_wait
+from panel.services.validation import parse_size
+
+from ._cli import cli_source, ve_by_veid
+
+
+def _yesno(v: str) -> bool:
+    if v not in ("yes", "no"):
+        raise argparse.ArgumentTypeError("use yes or no")
+    return v == "yes"
+
+
+def _resources(p):
+    p.add_argument("--ram", help="memory, e.g. 512M")
+    p.add_argument("--swap", help="swap, e.g. 1G")
+    p.add_argument("--diskspace", help="disk size, e.g. 10G (bare numbers are KiB)")
+    p.add_argument("--cpuunits", help="CPU weight (OpenVZ default 1000)")
+    p.add_argument("--cpulimit", help="CPU cap in percent of one CPU (100 = one core, 0 = none)")
+    p.add_argument("--numproc", help="maximum number of processes")
+    p.add_argument("--hostname")
+    p.add_argument("--onboot", type=_yesno, help="start when the node agent starts: yes|no")
+
+
+class Command(BaseCommand):
+    help = "Control VEs the way OpenVZ's vzctl does."
+
+    def add_arguments(self, parser):
+        sub = parser.add_subparsers(dest="action", required=True)
+        c = sub.add_parser("create")
+        c.add_argument("veid")
+        c.add_argument("--ostemplate", required=True)
+        c.add_argument("--tenant", default=None, help="tenant slug (default: the 'default' tenant)")
+        c.add_argument("--node", default=None)
+        _resources(c)
+        for name in ("start", "restart", "destroy", "status"):
+            sub.add_parser(name).add_argument("veid")
+        s = sub.add_parser("stop")
+        s.add_argument("veid")
+        s.add_argument("--fast", action="store_true", help="kill at once instead of a clean shutdown")
+        s.add_argument("--timeout", type=int, default=None)
+        st = sub.add_parser("set")
+        st.add_argument("veid")
+        _resources(st)
+        st.add_argument("--save", action="store_true", help="accepted for compatibility: changes are always saved")
+        e = sub.add_parser("exec")
+        e.add_argument("veid")
+        e.add_argument("--timeout", type=int, default=60)
+        e.add_argument("command", nargs=argparse.REMAINDER)
+
+    def handle(self, *args, action, veid, **o):
+        try:
+            self.dispatch(action, veid, o)
+        except ServiceError as e:
+            raise CommandError(e.message) from None
+
+    def dispatch(self, action, veid, o):
+        source = cli_source()
+        if action == "create":
+            tenant = Tenant.objects.filter(slug=o["tenant"] or "default").first()
+            if tenant is None:
+                raise CommandError(f"tenant {o['tenant'] or 'default'!r} does not exist")
+            node = None
+            if o["node"]:
+                node = Node.objects.filter(name=o["node"]).first()
+                if node is None:
+                    raise CommandError(f"node {o['node']!r} does not exist")
+            job = svc.ve_create(tenant=tenant, template=o["ostemplate"], veid=veid, node=node,
+                                hostname=o["hostname"], onboot=bool(o["onboot"]), source=source,
+                                **self.sizes(o))
+            self.stdout.write(f"Creating VE private area (VE {job.ve.veid} on node {job.node.name})")
+            return self.follow(job, done=f"VE {job.ve.veid} is created")
+        ve = ve_by_veid(veid)
+        if action == "status":
+            job = self.follow(svc.ve_status(ve=ve, source=source), quiet=True)
+            state = job.result.get("state")
+            words = {"running": "exist mounted running", "stopped": "exist unmounted down",
+                     "absent": "deleted unmounted down"}.get(state, state)
+            self.stdout.write(f"VEID {ve.veid} {words}")
+            return
+        if action == "start":
+            return self.follow(svc.ve_start(ve=ve, source=source))
+        if action == "stop":
+            return self.follow(svc.ve_stop(ve=ve, source=source, kill=o["fast"], timeout=o["timeout"]))
+        if action == "restart":
+            self.stdout.write("Restarting VE")
+            return self.follow(svc.ve_restart(ve=ve, source=source))
+        if action == "destroy":
+            return self.follow(svc.ve_destroy(ve=ve, source=source))
+        if action == "set":
+            changes = self.sizes(o)
+            if o["hostname"] is not None:
+                changes["hostname"] = o["hostname"]
+            if o["onboot"] is not None:
+                changes["onboot"] = o["onboot"]
+            return self.follow(svc.ve_set(ve=ve, source=source, **changes))
+        if action == "exec":
+            argv = o["command"]
+            if argv and argv[0] == "--":
+                argv = argv[1:]
+            if not argv:
+                raise CommandError("give the command to run, e.g. vzctl exec 101 ps")
+            job = self.follow(svc.ve_exec(ve=ve, argv=argv, timeout=o["timeout"], source=source), quiet=True)
+            self.stdout.write(job.result.get("output", ""), ending="")
+            if job.result.get("truncated"):
+                self.stderr.write("(output truncated at 64 KiB)")
+            if job.result.get("timed_out"):
+                raise CommandError(f"command timed out after {o['timeout']}s")
+            code = job.result.get("exit_code") or 0
+            if code:
+                sys.exit(code)
+            return
+        raise CommandError(f"unknown action {action}")
+
+    @staticmethod
+    def sizes(o) -> dict:
+        out = {}
+        if o.get("ram") is not None:
+            out["memory"] = parse_size(o["ram"], field="memory")
+        if o.get("swap") is not None:
+            out["swap"] = parse_size(o["swap"], field="swap")
+        if o.get("diskspace") is not None:
+            out["disk"] = parse_size(o["diskspace"], field="disk", default_unit="K")
+        for opt in ("cpuunits", "cpulimit", "numproc"):
+            if o.get(opt) is not None:
+                out[opt] = o[opt]
+        return out
+
+    def follow(self, job: Job, *, quiet: bool = False, done: str | None = None) -> Job:
+        def show(line):
+            if not quiet and line.kind != "error" and line.message and line.message != "Task OK":
+                self.stdout.write(line.message)
+
+        job = job_wait(job, on_log=show, timeout=600)
+        if job.state == Job.State.SUCCEEDED:
+            if done and not quiet:
+                self.stdout.write(done)
+            return job
+        if not job.is_terminal:
+            raise CommandError(f"job {job.id} is still {job.state} after 600s; follow it in the panel")
+        raise CommandError(job.explanation or f"job {job.kind} {job.state}")

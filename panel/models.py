@@ -1,0 +1,250 @@
+"""Hako's data model: tenants, nodes, templates, VEs, jobs and the audit log.
+
+Public ids in URLs are UUIDs; the VEID is a display number an admin knows the VE by, never
+an access key (DESIGN.md, "Tenancy").
+"""
+from __future__ import annotations
+
+import secrets
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+
+class Tenant(models.Model):
+    """A customer account: owns VEs; users reach it through memberships."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    slug = models.SlugField(max_length=63, unique=True)
+    name = models.CharField(max_length=200)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self):
+        return self.slug
+
+
+class Membership(models.Model):
+    """A user's role in a tenant: owner manages members, operator acts on VEs, viewer reads."""
+
+    class Role(models.TextChoices):
+        OWNER = "owner"
+        OPERATOR = "operator"
+        VIEWER = "viewer"
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=16, choices=Role.choices)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["user", "tenant"], name="one_membership_per_user_tenant")]
+
+
+def new_node_key() -> str:
+    return secrets.token_hex(32)
+
+
+class Node(models.Model):
+    """A host running a node agent that consumes ``queue``.
+
+    ``key`` signs messages both ways (see containers.messages); ``agent_instance`` changes at
+    every agent start, which is how the reaper sees an agent that restarted mid-job.
+    """
+
+    class State(models.TextChoices):
+        NEW = "new"            # registered, never heard from
+        ONLINE = "online"
+        LOST = "lost"          # heartbeats stopped
+
+    name = models.CharField(max_length=63, unique=True)
+    queue = models.CharField(max_length=80, unique=True)
+    key = models.CharField(max_length=64, default=new_node_key)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.NEW)
+    last_heartbeat = models.DateTimeField(null=True, blank=True)
+    heartbeat_seq = models.BigIntegerField(default=0)
+    agent_instance = models.CharField(max_length=36, blank=True)
+    capacity = models.JSONField(default=dict, blank=True)
+    info = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self):
+        return self.name
+
+
+class OSTemplate(models.Model):
+    """An OS template a VE is created from (``busybox``, ``debian-12``)."""
+
+    name = models.CharField(max_length=64, unique=True)
+    description = models.CharField(max_length=200, blank=True)
+    enabled = models.BooleanField(default=True)
+
+    def __str__(self):
+        return self.name
+
+
+class VE(models.Model):
+    """A virtual environment: an unprivileged system container on one node.
+
+    ``generation`` grows with every change sent to the node; the node refuses a message
+    older than the generation it last applied. ``uid_base`` is the first host id of the VE's
+    own 65536-id range, unique in the fleet and kept for the VE's life.
+    """
+
+    class State(models.TextChoices):
+        CREATING = "creating"
+        STOPPED = "stopped"
+        STARTING = "starting"
+        RUNNING = "running"
+        STOPPING = "stopping"
+        ERROR = "error"
+        UNKNOWN = "unknown"      # its node is lost
+        DESTROYED = "destroyed"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    veid = models.PositiveIntegerField()
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="ves")
+    node = models.ForeignKey(Node, on_delete=models.PROTECT, related_name="ves")
+    hostname = models.CharField(max_length=253)
+    template = models.ForeignKey(OSTemplate, on_delete=models.PROTECT, related_name="ves")
+    state = models.CharField(max_length=16, choices=State.choices, default=State.CREATING)
+    cpuunits = models.PositiveIntegerField(default=1000)
+    cpulimit = models.PositiveIntegerField(default=0)
+    memory = models.BigIntegerField()
+    swap = models.BigIntegerField(default=0)
+    disk = models.BigIntegerField()
+    numproc = models.PositiveIntegerField()
+    addresses = models.JSONField(default=list, blank=True)
+    uid_base = models.BigIntegerField()
+    generation = models.PositiveIntegerField(default=0)
+    onboot = models.BooleanField(default=False)
+    nproc = models.PositiveIntegerField(null=True, blank=True)
+    state_changed_at = models.DateTimeField(auto_now_add=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    destroyed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            # A destroyed VE keeps its row (its jobs and audit trail point at it), so VEIDs
+            # and id ranges are unique among live VEs only.
+            models.UniqueConstraint(fields=["veid"], condition=~Q(state="destroyed"), name="veid_unique_live"),
+            models.UniqueConstraint(fields=["uid_base"], condition=~Q(state="destroyed"), name="uid_base_unique_live"),
+        ]
+        indexes = [models.Index(fields=["tenant", "veid"]), models.Index(fields=["node", "state"])]
+
+    def __str__(self):
+        return f"VE {self.veid}"
+
+    def spec(self) -> dict:
+        """The VE as a node sees it (containers.messages.VESpec)."""
+        return {
+            "veid": self.veid, "hostname": self.hostname, "template": self.template.name,
+            "memory": self.memory, "swap": self.swap, "disk": self.disk, "cpuunits": self.cpuunits,
+            "cpulimit": self.cpulimit, "numproc": self.numproc, "uid_base": self.uid_base,
+            "addresses": list(self.addresses), "onboot": self.onboot,
+        }
+
+
+class Job(models.Model):
+    """One privileged action on a node, shown like a Proxmox task log.
+
+    Life: pending -> running -> succeeded | failed, and pending|running -> canceled. Every
+    transition is a conditional UPDATE (see services.jobs), so a late or repeated event can
+    never rewind a job. At most one mutating job per VE is pending or running at a time,
+    enforced by a partial unique index.
+    """
+
+    class State(models.TextChoices):
+        PENDING = "pending"
+        RUNNING = "running"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+        CANCELED = "canceled"
+
+    ACTIVE = (State.PENDING, State.RUNNING)
+    TERMINAL = (State.SUCCEEDED, State.FAILED, State.CANCELED)
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    kind = models.CharField(max_length=16)
+    ve = models.ForeignKey(VE, on_delete=models.PROTECT, related_name="jobs", null=True, blank=True)
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="jobs", null=True, blank=True)
+    node = models.ForeignKey(Node, on_delete=models.PROTECT, related_name="jobs")
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True)
+    mutating = models.BooleanField(default=True)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING)
+    args = models.JSONField(default=dict, blank=True)
+    result = models.JSONField(default=dict, blank=True)
+    error = models.CharField(max_length=64, blank=True)
+    explanation = models.TextField(blank=True)
+    generation = models.PositiveIntegerField(default=0)
+    agent_instance = models.CharField(max_length=36, blank=True)
+    last_seq = models.PositiveIntegerField(default=0)
+    expires_at = models.DateTimeField()
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["ve"], condition=Q(mutating=True, state__in=["pending", "running"]),
+                name="one_active_mutating_job_per_ve"),
+        ]
+        indexes = [models.Index(fields=["tenant", "-created_at"]), models.Index(fields=["node", "state"])]
+        ordering = ["-created_at"]
+
+    def __str__(self):
+        return f"{self.kind} {self.id}"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.state in self.TERMINAL
+
+
+class JobLog(models.Model):
+    """An ordered line of a job's log; ``seq`` is the node's event sequence number."""
+
+    class Kind(models.TextChoices):
+        STEP = "step"
+        LOG = "log"
+        ERROR = "error"
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="logs")
+    seq = models.PositiveIntegerField()
+    kind = models.CharField(max_length=8, choices=Kind.choices, default=Kind.LOG)
+    message = models.TextField()
+    ts = models.DateTimeField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["job", "seq"], name="job_log_seq_unique")]
+        ordering = ["seq"]
+
+
+class AuditEvent(models.Model):
+    """Append-only record of a privileged action, written in the same transaction as it.
+
+    Values are stored as structured fields, never concatenated into text, so a newline in a
+    hostname cannot forge a second entry. Rows refuse updates and deletes.
+    """
+
+    ts = models.DateTimeField(auto_now_add=True, db_index=True)
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True)
+    actor_label = models.CharField(max_length=150, blank=True)
+    tenant = models.ForeignKey(Tenant, on_delete=models.SET_NULL, null=True, blank=True)
+    action = models.CharField(max_length=64, db_index=True)
+    object_type = models.CharField(max_length=32, blank=True)
+    object_id = models.CharField(max_length=64, blank=True)
+    result = models.CharField(max_length=16, default="ok")
+    source = models.CharField(max_length=64, blank=True)
+    detail = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-ts", "-id"]
+
+    def save(self, *args, **kwargs):
+        if self.pk is not None:
+            raise ValueError("audit events are append-only")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise ValueError("audit events are append-only")

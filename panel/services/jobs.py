@@ -1,0 +1,322 @@
+"""The Job pipeline on the panel side: dispatch, state transitions, node events,
+heartbeats and the reaper.
+
+A job row is written in the same transaction as the request and its message is sent to
+the node's queue only once that transaction commits. Every state change is a conditional
+UPDATE on the prior state, so events that arrive late, twice or out of order cannot
+rewind a job.
+"""
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta, timezone as dt_timezone
+
+from celery import current_app
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.db.models.functions import Greatest
+from django.utils import timezone
+
+from containers import messages as m
+from panel.models import VE, Job, JobLog, Node
+
+from .errors import Conflict
+
+log = logging.getLogger("hako.jobs")
+
+# The VE state shown while a job of this kind runs.
+TRANSIENT_STATE = {"create": VE.State.CREATING, "start": VE.State.STARTING, "restart": VE.State.STARTING,
+                   "stop": VE.State.STOPPING, "destroy": VE.State.STOPPING}
+
+
+def node_key(node: Node) -> bytes:
+    return bytes.fromhex(node.key)
+
+
+def job_create(*, kind: str, node: Node, ve: VE | None, actor=None, args: dict | None = None,
+               mutating: bool | None = None) -> Job:
+    """Create a job and schedule its message for after the surrounding transaction commits.
+
+    A second mutating job on a VE that has one pending or running is refused with
+    :class:`Conflict` (the partial unique index decides, so two racing requests cannot both
+    win).
+    """
+    mutating = (kind in m.MUTATING_OPS) if mutating is None else mutating
+    now = timezone.now()
+    if ve is not None and mutating:
+        VE.objects.filter(pk=ve.pk).update(generation=F("generation") + 1)
+        ve.refresh_from_db(fields=["generation"])
+    job = Job(kind=kind, node=node, ve=ve, tenant=ve.tenant if ve else None, actor=actor,
+              mutating=mutating, args=args or {}, generation=ve.generation if ve else 0,
+              expires_at=now + timedelta(seconds=settings.HAKO_JOB_TTL))
+    try:
+        with transaction.atomic():
+            job.save(force_insert=True)
+    except IntegrityError:
+        busy = Job.objects.filter(ve=ve, mutating=True, state__in=Job.ACTIVE).first()
+        what = f"{busy.kind} job {busy.id} is {busy.state}" if busy else "another job is in progress"
+        raise Conflict(f"VE {ve.veid} is busy: {what}. Wait for it to finish.", code="ve-busy") from None
+    spec = ve.spec() if ve is not None and kind != "destroy" else None
+    body = m.job_body(job_id=str(job.id), node=node.name, op=kind, veid=ve.veid if ve else 0,
+                      generation=job.generation, spec=spec, args=job.args,
+                      ttl=int(settings.HAKO_JOB_TTL), now=now.timestamp())
+    envelope = m.sign(body, node_key(node))
+    transaction.on_commit(lambda: send_job(node, job.id, envelope))
+    return job
+
+
+def send_job(node: Node, job_id, envelope: dict) -> None:
+    """Publish a job to its node's queue; the Celery task id is the job id."""
+    try:
+        current_app.send_task(m.TASK_NODE_JOB, args=[envelope], queue=node.queue, task_id=str(job_id),
+                              serializer="json")
+    except Exception as e:  # broker down: the job must not stay pending until expiry unseen
+        log.exception("could not publish job %s", job_id)
+        job_fail(job_id, error="broker-unreachable",
+                 explanation=f"The job could not be sent to node {node.name}: the message broker "
+                             f"is unreachable ({type(e).__name__}). Nothing was changed; try again.")
+
+
+def _ts(epoch) -> datetime:
+    try:
+        return datetime.fromtimestamp(float(epoch), tz=dt_timezone.utc)
+    except (TypeError, ValueError, OverflowError):
+        return timezone.now()
+
+
+def job_fail(job_id, *, error: str, explanation: str, observed: dict | None = None) -> bool:
+    """Fail an active job (conditional on it still being active) and settle its VE."""
+    with transaction.atomic():
+        n = Job.objects.filter(id=job_id, state__in=Job.ACTIVE).update(
+            state=Job.State.FAILED, error=error[:64], explanation=explanation, finished_at=timezone.now())
+        if not n:
+            return False
+        job = Job.objects.select_related("ve").get(id=job_id)
+        _log_line(job, JobLog.Kind.ERROR, explanation)
+        if job.ve_id:
+            _settle_ve_after_failure(job, observed or {})
+    return True
+
+
+def _log_line(job: Job, kind: str, message: str, seq: int | None = None, ts=None) -> None:
+    if seq is None:
+        seq = (JobLog.objects.filter(job=job).order_by("-seq").values_list("seq", flat=True).first() or 0) + 1
+        seq = max(seq, 1_000_001)  # panel-written lines sort after the node's
+    JobLog.objects.get_or_create(job=job, seq=seq, defaults={"kind": kind, "message": message[:4000],
+                                                             "ts": ts or timezone.now()})
+
+
+def _settle_ve_after_failure(job: Job, observed: dict) -> None:
+    ve = job.ve
+    state = observed.get("state")
+    if job.kind == "create":
+        new = VE.State.ERROR
+    elif state in ("running", "stopped"):
+        new = state
+    elif state == "absent":
+        new = VE.State.ERROR
+    elif ve.state in (VE.State.STARTING, VE.State.STOPPING, VE.State.CREATING):
+        new = VE.State.UNKNOWN  # the next heartbeat tells
+    else:
+        new = ve.state
+    if new != ve.state:
+        VE.objects.filter(pk=ve.pk).update(state=new, state_changed_at=timezone.now())
+
+
+def _apply_success(job: Job, result: dict) -> None:
+    ve = job.ve
+    if ve is None:
+        return
+    fields = {}
+    if job.kind == "destroy":
+        fields.update(state=VE.State.DESTROYED, destroyed_at=timezone.now(), nproc=None)
+    else:
+        state = result.get("state")
+        if state in ("running", "stopped"):
+            fields["state"] = state
+        nproc = result.get("nproc")
+        if isinstance(nproc, int) and nproc >= 0:
+            fields["nproc"] = nproc if fields.get("state", ve.state) == "running" else None
+        if job.kind == "set":
+            fields.update(job.args.get("changes", {}))
+    if "state" in fields and fields["state"] != ve.state:
+        fields["state_changed_at"] = timezone.now()
+    if fields:
+        VE.objects.filter(pk=ve.pk).update(**fields)
+
+
+def apply_event(envelope) -> str:
+    """Apply one signed event from a node (panel worker). Returns what happened, for logs."""
+    node_name = m.peek_field(envelope, "node")
+    node = Node.objects.filter(name=node_name).first() if isinstance(node_name, str) else None
+    if node is None:
+        return "dropped: unknown node"
+    try:
+        body = m.open_envelope(envelope, node_key(node))
+    except m.MessageError as e:
+        log.warning("refused event claiming node %s: %s", node.name, e)
+        return f"refused: {e}"
+    if body.get("type") != "event" or not isinstance(body.get("seq"), int):
+        return "refused: not an event"
+    job_id, seq, kind = body.get("job_id"), body["seq"], body.get("event")
+    if not isinstance(job_id, str) or not m.UUID_RE.match(job_id):
+        return "refused: bad job id"
+    message = str(body.get("message", ""))[:4000]
+    data = body.get("data") if isinstance(body.get("data"), dict) else {}
+    ts = _ts(body.get("ts"))
+    with transaction.atomic():
+        job = Job.objects.select_related("ve").filter(id=job_id, node=node).first()
+        if job is None:
+            return "dropped: unknown job"
+        if job.is_terminal:
+            return "ignored: job already finished"
+        Job.objects.filter(pk=job.pk).update(last_seq=Greatest(F("last_seq"), seq))
+        if kind == "running":
+            n = Job.objects.filter(pk=job.pk, state=Job.State.PENDING).update(
+                state=Job.State.RUNNING, started_at=ts, agent_instance=str(body.get("instance", ""))[:36])
+            _log_line(job, JobLog.Kind.STEP, message, seq, ts)
+            if n and job.ve_id and job.kind in TRANSIENT_STATE:
+                VE.objects.filter(pk=job.ve_id).update(state=TRANSIENT_STATE[job.kind])
+        elif kind in ("log", "step"):
+            _log_line(job, JobLog.Kind.LOG if kind == "log" else JobLog.Kind.STEP, message, seq, ts)
+        elif kind == "succeeded":
+            n = Job.objects.filter(pk=job.pk, state__in=Job.ACTIVE).update(
+                state=Job.State.SUCCEEDED, finished_at=ts, result=data)
+            if n:
+                _log_line(job, JobLog.Kind.STEP, "Task OK", seq, ts)
+                _apply_success(job, data)
+        elif kind == "failed":
+            observed = data.get("observed") if isinstance(data.get("observed"), dict) else {}
+            n = Job.objects.filter(pk=job.pk, state__in=Job.ACTIVE).update(
+                state=Job.State.FAILED, finished_at=ts, error=str(data.get("error", "failed"))[:64],
+                explanation=message, result=data)
+            if n:
+                _log_line(job, JobLog.Kind.ERROR, message, seq, ts)
+                if job.ve_id:
+                    _settle_ve_after_failure(job, observed)
+        else:
+            return "refused: unknown event"
+    return f"applied {kind}"
+
+
+def apply_heartbeat(envelope) -> str:
+    """Apply a node's signed heartbeat: liveness, capacity and the VE inventory.
+
+    The node is the truth about runtime state: a VE powered off from inside shows as
+    stopped. VEs with a mutating job in flight are left to that job.
+    """
+    node_name = m.peek_field(envelope, "node")
+    node = Node.objects.filter(name=node_name).first() if isinstance(node_name, str) else None
+    if node is None:
+        return "dropped: unknown node"
+    try:
+        body = m.open_envelope(envelope, node_key(node))
+    except m.MessageError as e:
+        log.warning("refused heartbeat claiming node %s: %s", node.name, e)
+        return f"refused: {e}"
+    if body.get("type") != "heartbeat":
+        return "refused: not a heartbeat"
+    instance = str(body.get("instance", ""))[:36]
+    seq = body.get("seq") if isinstance(body.get("seq"), int) else 0
+    if instance == node.agent_instance and seq <= node.heartbeat_seq:
+        return "ignored: stale heartbeat"
+    now = timezone.now()
+    inventory = body.get("inventory") if isinstance(body.get("inventory"), list) else []
+    with transaction.atomic():
+        Node.objects.filter(pk=node.pk).update(
+            state=Node.State.ONLINE, last_heartbeat=now, heartbeat_seq=seq, agent_instance=instance,
+            capacity=body.get("capacity") if isinstance(body.get("capacity"), dict) else {},
+            info=body.get("info") if isinstance(body.get("info"), dict) else {})
+        if node.agent_instance and instance != node.agent_instance:
+            for job_id in Job.objects.filter(node=node, state=Job.State.RUNNING).exclude(
+                    agent_instance=instance).values_list("id", flat=True):
+                job_fail(job_id, error="agent-restarted",
+                         explanation=f"The node agent on {node.name} restarted while this job ran; "
+                                     "the operation was interrupted. The VE's state is taken from the node.")
+        _apply_inventory(node, inventory, now)
+    return "applied heartbeat"
+
+
+def _apply_inventory(node: Node, inventory: list, now) -> None:
+    seen = {}
+    for item in inventory:
+        if isinstance(item, dict) and type(item.get("veid")) is int:
+            seen[item["veid"]] = item
+    busy = set(Job.objects.filter(node=node, mutating=True, state__in=Job.ACTIVE, ve__isnull=False)
+               .values_list("ve_id", flat=True))
+    changed = []
+    for ve in VE.objects.filter(node=node).exclude(state__in=[VE.State.DESTROYED, VE.State.CREATING]).only(
+            "id", "veid", "state", "nproc", "state_changed_at"):
+        if ve.pk in busy:
+            continue
+        item = seen.get(ve.veid)
+        if item is None or item.get("state") not in ("running", "stopped"):
+            state, nproc = VE.State.ERROR, None
+        else:
+            state = item["state"]
+            nproc = item.get("nproc") if state == "running" and type(item.get("nproc")) is int else None
+        if state != ve.state or nproc != ve.nproc:
+            if state != ve.state:
+                ve.state_changed_at = now
+            ve.state, ve.nproc = state, nproc
+            changed.append(ve)
+    if changed:
+        VE.objects.bulk_update(changed, ["state", "nproc", "state_changed_at"])
+
+
+def reap(now=None) -> dict:
+    """Fail what can no longer finish (beat, every few seconds).
+
+    * nodes silent for HAKO_NODE_LOST_AFTER become lost; their active jobs fail and their
+      VEs show ``unknown`` until the node speaks again;
+    * pending jobs no agent picked up before their message expired fail.
+    """
+    now = now or timezone.now()
+    lost_before = now - timedelta(seconds=settings.HAKO_NODE_LOST_AFTER)
+    counts = {"nodes_lost": 0, "jobs_failed": 0}
+    for node in Node.objects.filter(state=Node.State.ONLINE, last_heartbeat__lt=lost_before):
+        with transaction.atomic():
+            if not Node.objects.filter(pk=node.pk, state=Node.State.ONLINE,
+                                       last_heartbeat__lt=lost_before).update(state=Node.State.LOST):
+                continue
+            counts["nodes_lost"] += 1
+            for job_id in Job.objects.filter(node=node, state__in=Job.ACTIVE).values_list("id", flat=True):
+                counts["jobs_failed"] += job_fail(
+                    job_id, error="node-lost",
+                    explanation=f"Node {node.name} stopped sending heartbeats (last at "
+                                f"{node.last_heartbeat:%Y-%m-%d %H:%M:%S} UTC); the job's outcome is unknown. "
+                                "The VE's state will be read again when the node is back.")
+            VE.objects.filter(node=node).exclude(state=VE.State.DESTROYED).update(state=VE.State.UNKNOWN, nproc=None)
+    for job_id in Job.objects.filter(state=Job.State.PENDING, expires_at__lt=now).values_list("id", flat=True):
+        counts["jobs_failed"] += job_fail(
+            job_id, error="not-picked-up",
+            explanation="No node agent picked this job up before it expired; nothing was changed. "
+                        "Check that the node's agent is running, then try again.")
+    return counts
+
+
+def job_wait(job: Job, *, on_log=None, timeout: float = 300, poll: float = 0.02) -> Job:
+    """Block until ``job`` is terminal, calling ``on_log(JobLog)`` for each new log line.
+
+    For the command line and tests; web pages follow jobs without blocking.
+    """
+    import time
+
+    deadline = time.monotonic() + timeout
+    shown = 0
+    while True:
+        job.refresh_from_db()
+        if on_log is not None:
+            # Events may be applied out of order by the panel worker's threads: show node
+            # lines only once the sequence has no gap, and everything once the job is over.
+            for line in JobLog.objects.filter(job=job, seq__gt=shown).order_by("seq"):
+                if line.seq != shown + 1 and not job.is_terminal:
+                    break
+                on_log(line)
+                shown = line.seq
+        if job.is_terminal:
+            return job
+        if time.monotonic() > deadline:
+            return job
+        time.sleep(poll)

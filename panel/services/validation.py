@@ -1,0 +1,82 @@
+"""Parsing and checking of user input for VE parameters.
+
+Every interface (CLI, web, API, billing) funnels input through here, and the node checks
+the resulting spec again (containers.messages.VESpec) because the broker is not trusted.
+"""
+from __future__ import annotations
+
+import re
+
+from containers.messages import HOSTNAME_RE, LIMITS, MiB
+
+from .errors import InvalidInput
+
+_SIZE_RE = re.compile(r"^(\d{1,16})([KMGTP]?)B?$", re.IGNORECASE)
+_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4, "P": 1024**5}
+
+
+def human_size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("T", "G", "M", "K"):
+        if n >= _UNITS[unit] and n % _UNITS[unit] == 0:
+            return f"{n // _UNITS[unit]}{unit}"
+    return str(n)
+
+
+def parse_size(value, *, field: str, default_unit: str = "") -> int:
+    """Parse ``512M``, ``1G`` or a bare number (in ``default_unit``) into bytes."""
+    if isinstance(value, bool):
+        raise InvalidInput(f"{field}: expected a size like 512M or 2G", field=field)
+    if isinstance(value, int):
+        n = value
+    else:
+        text = str(value).strip()
+        m = _SIZE_RE.match(text)
+        if not m:
+            raise InvalidInput(f"{field}: {text[:40]!r} is not a size (use a number with K, M, G or T)",
+                               field=field)
+        n = int(m.group(1)) * _UNITS[(m.group(2) or default_unit).upper()]
+    return check_range(n, field=field)
+
+
+def parse_int(value, *, field: str) -> int:
+    if isinstance(value, bool):
+        raise InvalidInput(f"{field}: expected a whole number", field=field)
+    if isinstance(value, int):
+        n = value
+    else:
+        text = str(value).strip()
+        if not re.fullmatch(r"\d{1,12}", text):
+            raise InvalidInput(f"{field}: {text[:40]!r} is not a whole number", field=field)
+        n = int(text)
+    return check_range(n, field=field)
+
+
+def check_range(n: int, *, field: str) -> int:
+    lo, hi = LIMITS[field]
+    if not lo <= n <= hi:
+        if field in ("memory", "swap", "disk"):
+            raise InvalidInput(f"{field} must be between {human_size(lo) if lo else 0} and {human_size(hi)}",
+                               field=field)
+        raise InvalidInput(f"{field} must be between {lo} and {hi}", field=field)
+    return n
+
+
+def check_hostname(value) -> str:
+    if not isinstance(value, str) or not HOSTNAME_RE.match(value):
+        shown = value[:60] if isinstance(value, str) else type(value).__name__
+        raise InvalidInput(
+            f"hostname {shown!r} is not valid: use letters, digits, hyphens and dots "
+            "(RFC 1123), at most 253 characters", field="hostname")
+    return value.lower()
+
+
+DEFAULTS = {
+    "memory": 256 * MiB,
+    "swap": 0,
+    "disk": 1024 * MiB,
+    "cpuunits": 1000,
+    "cpulimit": 0,
+    "numproc": 512,
+}

@@ -1,0 +1,203 @@
+"""VE lifecycle services: ``ve_create``, ``ve_start``, ``ve_stop``, ``ve_restart``,
+``ve_destroy``, ``ve_set``, ``ve_exec``, ``ve_status``.
+
+Each one checks its input, writes the job and its audit record in one transaction and
+returns the :class:`~panel.models.Job`; the node does the work and reports back.
+"""
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import IntegrityError, connection, transaction
+
+from panel.models import VE, Job, Node, OSTemplate, Tenant
+
+from .audit import audit
+from .errors import Conflict, InvalidInput, NotFound, Unavailable
+from .jobs import job_create
+from .validation import DEFAULTS, check_hostname, check_range, parse_int
+
+IDMAP_SIZE = 65536
+EXEC_MAX_ARGS = 256
+EXEC_MAX_ARG_LEN = 4096
+
+
+def _alloc_lock() -> None:
+    """Serialise VEID and id-range allocation fleet-wide (PostgreSQL advisory lock; the
+    embedded SQLite default already serialises writers with IMMEDIATE transactions)."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", [0x4841_4B4F])  # "HAKO"
+
+
+def _next_veid() -> int:
+    last = VE.objects.exclude(state=VE.State.DESTROYED).order_by("-veid").values_list("veid", flat=True).first()
+    return max(101, (last or 100) + 1)
+
+
+def _free_uid_base() -> int:
+    used = set(VE.objects.exclude(state=VE.State.DESTROYED).values_list("uid_base", flat=True))
+    for i in range(settings.HAKO_ID_RANGES):
+        base = settings.HAKO_ID_BASE + i * IDMAP_SIZE
+        if base not in used:
+            return base
+    raise Unavailable("No free id range is left in the fleet; raise HAKO_ID_RANGES and root's subuid range.")
+
+
+def _pick_node(node: Node | None, template: OSTemplate) -> Node:
+    if node is not None:
+        if node.state != Node.State.ONLINE:
+            raise Unavailable(f"Node {node.name} is {node.state}; it cannot take new VEs now.", code="node-unavailable")
+        return node
+    candidates = [n for n in Node.objects.filter(state=Node.State.ONLINE)
+                  if template.name in n.info.get("templates", [template.name])]
+    if not candidates:
+        raise Unavailable("No online node can take this VE right now.", code="no-node")
+    return max(candidates, key=lambda n: n.capacity.get("mem_available", 0))
+
+
+def ve_create(*, tenant: Tenant, actor=None, template: str, hostname: str | None = None,
+              veid=None, node: Node | None = None, memory=None, swap=None, disk=None, cpuunits=None,
+              cpulimit=None, numproc=None, onboot: bool = False, source: str = "") -> Job:
+    """Create a VE record and a ``create`` job for its node.
+
+    Sizes are bytes (parse user text with services.validation first). Unknown templates,
+    taken VEIDs, bad hostnames and out-of-range sizes are refused before anything is
+    written.
+    """
+    values = {}
+    for field, raw in (("memory", memory), ("swap", swap), ("disk", disk), ("cpuunits", cpuunits),
+                       ("cpulimit", cpulimit), ("numproc", numproc)):
+        values[field] = check_range(parse_int(raw, field=field) if raw is not None else DEFAULTS[field],
+                                    field=field)
+    if veid is not None:
+        veid = parse_int(veid, field="veid")
+        if veid < 101:
+            raise InvalidInput("veid must be 101 or more", field="veid")
+    if not isinstance(template, str):
+        raise InvalidInput("template must be a name", field="template")
+    tmpl = OSTemplate.objects.filter(name=template, enabled=True).first()
+    if tmpl is None:
+        raise InvalidInput(f"OS template {template[:64]!r} does not exist", field="template")
+    if hostname is not None:
+        hostname = check_hostname(hostname)
+    for attempt in range(3):
+        try:
+            with transaction.atomic():
+                _alloc_lock()
+                target = _pick_node(node, tmpl)
+                if veid is not None and VE.objects.filter(veid=veid).exclude(state=VE.State.DESTROYED).exists():
+                    raise Conflict(f"VE {veid} already exists", code="veid-taken", field="veid")
+                the_veid = veid if veid is not None else _next_veid()
+                ve = VE.objects.create(
+                    veid=the_veid, tenant=tenant, node=target, template=tmpl,
+                    hostname=hostname or f"ve{the_veid}", uid_base=_free_uid_base(), onboot=onboot,
+                    state=VE.State.CREATING, **values)
+                job = job_create(kind="create", node=target, ve=ve, actor=actor)
+                audit(action="ve.create", actor=actor, tenant=tenant, obj=ve, source=source,
+                      detail={"job": str(job.id), "node": target.name, "template": tmpl.name,
+                              "hostname": ve.hostname, **values})
+                return job
+        except IntegrityError:
+            if veid is not None:
+                raise Conflict(f"VE {veid} already exists", code="veid-taken", field="veid") from None
+            continue  # lost an allocation race on SQLite or a stale read; take the next one
+    raise Conflict("Could not allocate a VEID; try again.")
+
+
+def _live(ve: VE) -> VE:
+    if ve.state == VE.State.DESTROYED:
+        raise NotFound(f"VE {ve.veid} does not exist")
+    return ve
+
+
+def _simple(kind: str, ve: VE, actor, source: str, args: dict | None = None, audit_detail=None) -> Job:
+    with transaction.atomic():
+        ve = VE.objects.select_related("node", "tenant", "template").get(pk=_live(ve).pk)
+        job = job_create(kind=kind, node=ve.node, ve=ve, actor=actor, args=args)
+        audit(action=f"ve.{kind}", actor=actor, tenant=ve.tenant, obj=ve, source=source,
+              detail={"job": str(job.id), **(audit_detail or {})})
+    return job
+
+
+def ve_start(*, ve: VE, actor=None, source: str = "") -> Job:
+    """Start a VE (a no-op success if it runs already)."""
+    if ve.state == VE.State.CREATING:
+        raise Conflict(f"VE {ve.veid} is still being created", code="ve-busy")
+    return _simple("start", ve, actor, source)
+
+
+def ve_stop(*, ve: VE, actor=None, timeout: int | None = None, kill: bool = False, source: str = "") -> Job:
+    """Stop a VE gracefully, killing it after ``timeout`` seconds (or at once with ``kill``)."""
+    args = {"kill": bool(kill)}
+    if timeout is not None:
+        if type(timeout) is not int or not 0 <= timeout <= 3600:
+            raise InvalidInput("timeout must be between 0 and 3600 seconds", field="timeout")
+        args["timeout"] = timeout
+    return _simple("stop", ve, actor, source, args)
+
+
+def ve_restart(*, ve: VE, actor=None, source: str = "") -> Job:
+    """Stop (gracefully) and start a VE, applying its current limits."""
+    return _simple("restart", ve, actor, source)
+
+
+def ve_destroy(*, ve: VE, actor=None, source: str = "") -> Job:
+    """Kill a VE if it runs and delete its disk and config on the node. Irreversible."""
+    return _simple("destroy", ve, actor, source)
+
+
+SETTABLE = ("memory", "swap", "disk", "cpuunits", "cpulimit", "numproc", "hostname", "onboot")
+
+
+def ve_set(*, ve: VE, actor=None, source: str = "", **changes) -> Job:
+    """Change a VE's resources; the node applies them live on a running VE.
+
+    The VE row keeps what the node has applied: the changes are written back when the
+    job succeeds. Shrinking the disk is refused (it needs an offline filesystem shrink).
+    """
+    unknown = set(changes) - set(SETTABLE)
+    if unknown:
+        raise InvalidInput(f"unknown parameters: {', '.join(sorted(unknown))}")
+    clean = {}
+    for field, raw in changes.items():
+        if raw is None:
+            continue
+        if field == "hostname":
+            clean[field] = check_hostname(raw)
+        elif field == "onboot":
+            if not isinstance(raw, bool):
+                raise InvalidInput("onboot must be yes or no", field="onboot")
+            clean[field] = raw
+        else:
+            clean[field] = check_range(parse_int(raw, field=field), field=field)
+    if not clean:
+        raise InvalidInput("nothing to change: give at least one parameter")
+    if "disk" in clean and clean["disk"] < ve.disk:
+        raise InvalidInput("shrinking the disk is not supported while the VE holds data; "
+                           "create a new VE with the smaller size instead", field="disk")
+    with transaction.atomic():
+        locked = VE.objects.select_related("node", "tenant", "template").get(pk=_live(ve).pk)
+        desired = VE(**{f.attname: getattr(locked, f.attname) for f in VE._meta.concrete_fields})
+        for k, v in clean.items():
+            setattr(desired, k, v)
+        desired.template = locked.template
+        job = job_create(kind="set", node=locked.node, ve=desired, actor=actor, args={"changes": clean})
+        audit(action="ve.set", actor=actor, tenant=locked.tenant, obj=locked, source=source,
+              detail={"job": str(job.id), "changes": clean})
+    return job
+
+
+def ve_exec(*, ve: VE, argv: list, actor=None, timeout: int = 60, source: str = "") -> Job:
+    """Run ``argv`` inside a running VE (no shell); output is captured up to 64 KiB."""
+    if (not isinstance(argv, (list, tuple)) or not argv or len(argv) > EXEC_MAX_ARGS
+            or not all(isinstance(a, str) and a and len(a) <= EXEC_MAX_ARG_LEN and "\x00" not in a for a in argv)):
+        raise InvalidInput("command must be a non-empty list of arguments without NUL bytes", field="argv")
+    if type(timeout) is not int or not 1 <= timeout <= 3600:
+        raise InvalidInput("timeout must be between 1 and 3600 seconds", field="timeout")
+    return _simple("exec", ve, actor, source, {"argv": list(argv), "timeout": timeout},
+                   audit_detail={"argv": list(argv)[:20]})
+
+
+def ve_status(*, ve: VE, actor=None, source: str = "") -> Job:
+    """Ask the node for a VE's current state and process count."""
+    return _simple("status", ve, actor, source)

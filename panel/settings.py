@@ -1,0 +1,171 @@
+"""Hako panel settings: everything comes from the environment, strictly parsed.
+
+HAKO_DATABASE_URL   postgres://user@host:5432/db (fleets, tests) or sqlite:///path (embedded)
+HAKO_BROKER_URL     redis://127.0.0.1:6379/0
+HAKO_SECRET_KEY     Django's secret key; a random one is kept in HAKO_DATA when unset
+HAKO_DATA           where the embedded default keeps its files (/var/lib/hako)
+HAKO_DEBUG          "1" for development only
+HAKO_ALLOWED_HOSTS  comma-separated host names
+"""
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def env_bool(name: str, default: bool = False) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    if raw not in ("0", "1", "true", "false"):
+        raise ImproperlyConfigured(f"{name} must be 0/1/true/false, got {raw!r}")
+    return raw in ("1", "true")
+
+
+def env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be a number, got {raw!r}") from None
+
+
+HAKO_DATA = Path(os.environ.get("HAKO_DATA", "/var/lib/hako"))
+
+
+def _secret_key() -> str:
+    key = os.environ.get("HAKO_SECRET_KEY")
+    if key:
+        return key
+    # The embedded default keeps a random key next to its database.
+    path = HAKO_DATA / "secret_key"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    try:
+        HAKO_DATA.mkdir(parents=True, exist_ok=True)
+        key = secrets.token_urlsafe(50)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(key)
+        return key
+    except FileExistsError:
+        return path.read_text().strip()
+    except OSError:
+        return "insecure-" + secrets.token_urlsafe(40)  # read-only checkouts (static checks)
+
+
+SECRET_KEY = _secret_key()
+DEBUG = env_bool("HAKO_DEBUG")
+ALLOWED_HOSTS = [h for h in os.environ.get("HAKO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]").split(",") if h]
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "panel",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.locale.LocaleMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "panel.urls"
+TEMPLATES = [{
+    "BACKEND": "django.template.backends.django.DjangoTemplates",
+    "DIRS": [BASE_DIR / "templates"],
+    "APP_DIRS": True,
+    "OPTIONS": {"context_processors": [
+        "django.template.context_processors.request",
+        "django.contrib.auth.context_processors.auth",
+        "django.contrib.messages.context_processors.messages",
+        "django.template.context_processors.i18n",
+    ]},
+}]
+WSGI_APPLICATION = "panel.wsgi.application"
+
+_db_url = os.environ.get("HAKO_DATABASE_URL", f"sqlite:///{HAKO_DATA / 'panel.sqlite3'}")
+DATABASES = {"default": dj_database_url.parse(_db_url, conn_max_age=60)}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # The embedded default has several writers (web, panel worker, beat): WAL lets readers
+    # run beside a writer, IMMEDIATE takes the write lock at BEGIN so that two writers
+    # queue on the busy timeout instead of failing with "database is locked" mid-transaction.
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    DATABASES["default"]["OPTIONS"] = {
+        "timeout": 30,
+        "transaction_mode": "IMMEDIATE",
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=30000;",
+    }
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en"
+LANGUAGES = [("en", "English"), ("ja", "日本語")]
+LOCALE_PATHS = [BASE_DIR / "locale"]
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = HAKO_DATA / "static"
+STATICFILES_DIRS = [BASE_DIR / "static"] if (BASE_DIR / "static").exists() else []
+
+# --- Celery (panel side) --------------------------------------------------------------
+CELERY_BROKER_URL = os.environ.get("HAKO_BROKER_URL", "redis://127.0.0.1:6379/0")
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_ACKS_LATE = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_TASK_DEFAULT_QUEUE = "panel"
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+
+# --- Hako ------------------------------------------------------------------------------
+# A node that has not sent a heartbeat for this long is "lost" and its jobs are failed.
+HAKO_NODE_LOST_AFTER = env_float("HAKO_NODE_LOST_AFTER", 15.0)
+HAKO_REAPER_INTERVAL = env_float("HAKO_REAPER_INTERVAL", 5.0)
+# A pending job no node picked up by its message's expiry is failed.
+HAKO_JOB_TTL = env_float("HAKO_JOB_TTL", 120.0)
+# First host id of the fleet-wide pool of VE id ranges; must match root's /etc/subuid range.
+HAKO_ID_BASE = int(os.environ.get("HAKO_ID_BASE", "1000000"))
+HAKO_ID_RANGES = int(os.environ.get("HAKO_ID_RANGES", "15000"))
+
+CELERY_BEAT_SCHEDULE = {
+    "reap-lost-nodes-and-expired-jobs": {
+        "task": "hako.panel.reap",
+        "schedule": HAKO_REAPER_INTERVAL,
+    },
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "root": {"handlers": ["console"], "level": os.environ.get("HAKO_LOG_LEVEL", "WARNING")},
+}

@@ -1,0 +1,96 @@
+"""Fixtures: PostgreSQL (pytest-django), a real Redis broker, a real panel worker and a real
+node agent running LXC containers under /var/lib/hako-test."""
+import os
+
+os.environ.setdefault("HAKO_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/hako_test")
+os.environ.setdefault("HAKO_BROKER_URL", "redis://127.0.0.1:6379/15")
+os.environ.setdefault("HAKO_SECRET_KEY", "hako-tests-only-not-a-real-secret")
+os.environ.setdefault("HAKO_DATA", "/var/lib/hako-test/data")
+os.environ.setdefault("HAKO_JOB_TTL", "60")
+
+import secrets  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from tests import harness  # noqa: E402
+
+NODE = "hakotest1"
+NODE_KEY = secrets.token_hex(32)
+BROKER = os.environ["HAKO_BROKER_URL"]
+
+
+@dataclass
+class Stack:
+    worker: harness.Proc
+    agent: harness.Proc
+    node_root: Path
+    db_url: str
+
+    def restart_agent(self, extra_env: dict | None = None) -> None:
+        self.agent.stop()
+        self.agent.start(extra_env)
+
+
+@pytest.fixture(scope="session")
+def stack(django_db_setup, django_db_blocker):
+    """The running pipeline: panel worker and node agent against the test database."""
+    import redis
+    from django.db import connection
+
+    harness.clean_leftovers()
+    redis.Redis.from_url(BROKER).flushdb()
+    s = connection.settings_dict
+    db_url = f"postgres://{s['USER']}@{s['HOST']}:{s['PORT']}/{s['NAME']}"
+    env = {"HAKO_DATABASE_URL": db_url, "HAKO_BROKER_URL": BROKER, "DJANGO_SETTINGS_MODULE": "panel.settings"}
+    worker = harness.panel_worker(env).start()
+    root = harness.TEST_ROOT / f"node-{NODE}"
+    agent = harness.node_agent(NODE, NODE_KEY, BROKER, root).start()
+    harness.wait_for(lambda: "ready" in agent.log_text(), 60, what="node agent ready")
+    harness.wait_for(lambda: "ready" in worker.log_text(), 60, what="panel worker ready")
+    st = Stack(worker=worker, agent=agent, node_root=root, db_url=db_url)
+    yield st
+    worker.stop()
+    st.agent.stop()
+    harness.clean_node_root(root)
+
+
+@pytest.fixture
+def node(stack, transactional_db):
+    """The test node's row (recreated for each test: transactional tests empty the tables)."""
+    from django.utils import timezone
+
+    from panel.models import Node, OSTemplate
+
+    n, _ = Node.objects.update_or_create(name=NODE, defaults={
+        "queue": f"node.{NODE}", "key": NODE_KEY, "state": Node.State.ONLINE, "last_heartbeat": timezone.now(),
+        "info": {"templates": ["busybox"]}, "agent_instance": "", "heartbeat_seq": 0})
+    OSTemplate.objects.get_or_create(name="busybox")
+    yield n
+    harness.remove_all_ves(stack.node_root)
+
+
+@pytest.fixture
+def tenant(db):
+    from panel.models import Tenant
+
+    return Tenant.objects.create(slug="acme", name="Acme")
+
+
+@pytest.fixture
+def other_tenant(db):
+    from panel.models import Tenant
+
+    return Tenant.objects.create(slug="globex", name="Globex")
+
+
+def run(job, timeout: float = 60):
+    """Wait for a job and assert it succeeded, showing its log if it did not."""
+    from panel.services.jobs import job_wait
+
+    job = job_wait(job, timeout=timeout)
+    if job.state != "succeeded":
+        lines = "\n".join(f"  {line.seq}: {line.message}" for line in job.logs.all())
+        raise AssertionError(f"job {job.kind} ended {job.state}: {job.explanation}\n{lines}")
+    return job

@@ -1,0 +1,151 @@
+"""Real processes for integration tests: a panel worker and node agents.
+
+Tests survive the leftovers of a run that was killed: every process started here writes a
+pid file under TEST_ROOT, and ``clean_leftovers`` kills those processes, stops and removes
+containers under the test node roots and unmounts their images before a run starts.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+TEST_ROOT = Path(os.environ.get("HAKO_TEST_ROOT", "/var/lib/hako-test"))
+PIDS = TEST_ROOT / "pids"
+PYTHON = sys.executable
+
+
+def _kill_group(pid: int, sig=signal.SIGKILL) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def wait_for(predicate, timeout: float = 30, interval: float = 0.05, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def clean_node_root(root: Path) -> None:
+    """Stop every container under a test node root, unmount its images, delete the root."""
+    lxcpath = root / "lxc"
+    if lxcpath.is_dir():
+        for ct in lxcpath.iterdir():
+            if ct.is_dir():
+                subprocess.run(["lxc-stop", "-P", str(lxcpath), "-n", ct.name, "-k"], capture_output=True,
+                               timeout=60, cwd="/")
+    for _ in range(3):
+        mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()
+                  if line.split()[1].startswith(str(root) + "/")]
+        if not mounts:
+            break
+        for mnt in sorted(mounts, key=len, reverse=True):
+            subprocess.run(["umount", "-l", mnt], capture_output=True, timeout=60)
+    subprocess.run(["rm", "-rf", "--one-file-system", str(root)], capture_output=True, timeout=120)
+
+
+def clean_leftovers() -> None:
+    if PIDS.is_dir():
+        for pidfile in PIDS.glob("*.pid"):
+            try:
+                _kill_group(int(pidfile.read_text().strip()))
+            except ValueError:
+                pass
+            pidfile.unlink(missing_ok=True)
+    if TEST_ROOT.is_dir():
+        for root in TEST_ROOT.glob("node-*"):
+            clean_node_root(root)
+    PIDS.mkdir(parents=True, exist_ok=True)
+
+
+class Proc:
+    """A child process in its own session, with a pid file and a log file."""
+
+    def __init__(self, name: str, argv: list[str], env: dict):
+        self.name, self.argv, self.env = name, argv, env
+        self.log = TEST_ROOT / "log" / f"{name}.log"
+        self.popen: subprocess.Popen | None = None
+
+    def start(self, extra_env: dict | None = None) -> "Proc":
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **self.env, **(extra_env or {})}
+        logf = open(self.log, "ab")
+        self.popen = subprocess.Popen(self.argv, env=env, cwd=REPO, stdout=logf, stderr=subprocess.STDOUT,
+                                      stdin=subprocess.DEVNULL, start_new_session=True)
+        logf.close()
+        (PIDS / f"{self.name}.pid").write_text(str(self.popen.pid))
+        return self
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group: what a crash or OOM kill looks like."""
+        if self.popen is not None:
+            _kill_group(self.popen.pid)
+            self.popen.wait(timeout=30)
+            (PIDS / f"{self.name}.pid").unlink(missing_ok=True)
+
+    def stop(self, timeout: float = 15) -> None:
+        if self.popen is None or not self.alive():
+            return
+        _kill_group(self.popen.pid, signal.SIGTERM)
+        try:
+            self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+        (PIDS / f"{self.name}.pid").unlink(missing_ok=True)
+
+    def log_text(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+
+def panel_worker(env: dict) -> Proc:
+    return Proc("panel-worker", [
+        PYTHON, "-m", "celery", "-A", "panel", "worker", "-Q", "panel", "-n", "hakotest-panel@%h",
+        "--pool", "prefork", "-c", "2", "--prefetch-multiplier", "1", "--without-gossip", "--without-mingle",
+        "--without-heartbeat", "-l", "INFO"], env)
+
+
+def node_agent(name: str, key: str, broker: str, root: Path, env: dict | None = None) -> Proc:
+    return Proc(f"agent-{name}", [PYTHON, "-m", "containers.agent"], {
+        "HAKO_NODE_NAME": name, "HAKO_NODE_KEY": key, "HAKO_BROKER_URL": broker,
+        "HAKO_NODE_ROOT": str(root), "HAKO_HEARTBEAT_INTERVAL": "0.5", "HAKO_STOP_TIMEOUT": "10",
+        **(env or {})})
+
+
+def remove_all_ves(root: Path) -> None:
+    """Kill and delete every VE of a test node while its agent keeps running."""
+    lxcpath = root / "lxc"
+    if lxcpath.is_dir():
+        for ct in lxcpath.iterdir():
+            if ct.is_dir():
+                subprocess.run(["lxc-stop", "-P", str(lxcpath), "-n", ct.name, "-k"], capture_output=True,
+                               timeout=60, cwd="/")
+    mnt = root / "mnt"
+    if mnt.is_dir():
+        for d in mnt.iterdir():
+            if os.path.ismount(d):
+                subprocess.run(["umount", "-l", str(d)], capture_output=True, timeout=60)
+    for sub in ("images", "state/ves", "lxc", "mnt"):
+        d = root / sub
+        if d.is_dir():
+            for p in d.iterdir():
+                subprocess.run(["rm", "-rf", "--one-file-system", str(p)], capture_output=True, timeout=60)

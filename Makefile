@@ -1,0 +1,24 @@
+# Hako: host setup, the embedded default, tests and benchmarks.
+PYTHON := .venv/bin/python
+
+.DEFAULT_GOAL := help
+.PHONY: help setup run test bench
+
+help:
+	@echo "Hako make targets:"
+	@echo "  setup  install host packages, start Redis/PostgreSQL/lxcfs, build .venv (root)"
+	@echo "  run    the embedded default: panel, workers, beat and a local node agent"
+	@echo "  test   the test suite (real LXC, Redis, Celery, PostgreSQL); args: ARGS=..."
+	@echo "  bench  the job pipeline benchmark (bench/pipeline.py), reports figures"
+
+setup:
+	bash scripts/setup-host.sh
+
+run: setup
+	exec bash scripts/run.sh
+
+test: setup
+	bash scripts/test.sh $(ARGS)
+
+bench: setup
+	$(PYTHON) bench/pipeline.py

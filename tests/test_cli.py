@@ -1,0 +1,93 @@
+"""The OpenVZ command line: vzctl drives the real pipeline and exits non-zero on failure;
+vzlist prints vzlist's layout."""
+import os
+import subprocess
+import sys
+from io import StringIO
+
+import pytest
+from django.core.management import call_command
+from django.utils import timezone
+
+from panel.models import VE, Node, OSTemplate
+from tests.harness import REPO
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def manage(stack, *argv):
+    env = {**os.environ, "HAKO_DATABASE_URL": stack.db_url}
+    return subprocess.run([sys.executable, "manage.py", *argv], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+@pytest.mark.integration
+def test_vzctl_drives_a_ve_through_its_life(stack, node, tenant):
+    out = manage(stack, "vzctl", "create", "101", "--ostemplate", "busybox", "--hostname", "cli1",
+                 "--ram", "128M", "--diskspace", "524288", "--tenant", tenant.slug)
+    assert out.returncode == 0, out.stderr
+    assert "VE 101 is created" in out.stdout
+    ve = VE.objects.get(veid=101)
+    assert ve.memory == 128 << 20 and ve.disk == 512 << 20  # bare --diskspace is KiB, as in vzctl
+
+    out = manage(stack, "vzctl", "start", "101")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    for expected in ("Starting VE ...", "Setting CPU units: 1000", "VE start in progress..."):
+        assert expected in lines, out.stdout
+    assert lines.index("Starting VE ...") < lines.index("Setting CPU units: 1000") < lines.index("VE start in progress...")
+
+    out = manage(stack, "vzlist")
+    assert out.stdout.splitlines()[0] == "      VEID      NPROC STATUS    IP_ADDR         HOSTNAME"
+    row = out.stdout.splitlines()[1].split()
+    assert row[0] == "101" and int(row[1]) >= 1 and row[2:] == ["running", "-", "cli1"]
+
+    out = manage(stack, "vzctl", "exec", "101", "sh", "-c", "echo hi; exit 3")
+    assert out.stdout == "hi\n" and out.returncode == 3
+
+    out = manage(stack, "vzctl", "status", "101")
+    assert out.stdout.strip() == "VEID 101 exist mounted running"
+
+    out = manage(stack, "vzctl", "set", "101", "--ram", "256M", "--numproc", "300", "--save")
+    assert out.returncode == 0, out.stderr
+    assert (stack.node_root.parent / f"node-{node.name}").exists()
+    assert open(f"/sys/fs/cgroup/pids/hako.{node.name}/101/pids.max").read().strip() == "300"
+
+    out = manage(stack, "vzctl", "stop", "101")
+    assert out.returncode == 0 and "VE was stopped" in out.stdout
+    # A job that fails prints its reason and exits non-zero: the disk vanished on the node.
+    os.unlink(stack.node_root / "images" / "101.img")
+    out = manage(stack, "vzctl", "start", "101")
+    assert out.returncode != 0
+    assert "does not exist on this node" in out.stderr
+    out = manage(stack, "vzctl", "destroy", "101")
+    assert out.returncode == 0, out.stderr
+    assert manage(stack, "vzlist", "-a", "-H").stdout == ""
+
+
+def test_vzlist_matches_vzlist_layout(db, tenant):
+    OSTemplate.objects.create(name="busybox")
+    node = Node.objects.create(name="n1", queue="node.n1", state="online", last_heartbeat=timezone.now())
+    common = dict(tenant=tenant, node=node, template=OSTemplate.objects.get(), memory=1 << 28, disk=1 << 30,
+                  numproc=100)
+    VE.objects.create(veid=101, state="running", nproc=14, hostname="web1.example.com",
+                      addresses=["198.18.0.151"], uid_base=1000000, **common)
+    VE.objects.create(veid=102, state="stopped", hostname="db1", addresses=["198.18.0.152"], uid_base=1065536,
+                      **common)
+    VE.objects.create(veid=1000, state="running", nproc=3, hostname="x", uid_base=1131072, **common)
+    VE.objects.create(veid=103, state="destroyed", hostname="gone", uid_base=1196608, **common)
+
+    out = StringIO()
+    call_command("vzlist", "-a", stdout=out)
+    assert out.getvalue().splitlines() == [
+        "      VEID      NPROC STATUS    IP_ADDR         HOSTNAME",
+        "       101         14 running   198.18.0.151    web1.example.com",
+        "       102          - stopped   198.18.0.152    db1",
+        "      1000          3 running   -               x",
+    ]
+    out = StringIO()
+    call_command("vzlist", stdout=out)
+    assert [line.split()[0] for line in out.getvalue().splitlines()] == ["VEID", "101", "1000"]
+    out = StringIO()
+    call_command("vzlist", "-a", "-H", "-o", "veid,ostemplate,ram,diskspace,numproc", "102", stdout=out)
+    assert out.getvalue().splitlines() == ["       102 busybox          256M         1G      100"]

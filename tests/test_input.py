@@ -1,0 +1,137 @@
+"""Hostile input is refused with a clear message and changes nothing; a busy VE refuses a
+second mutating job. These run against PostgreSQL with a node row whose queue no agent
+consumes: no container is needed to prove that nothing was written."""
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.utils import timezone
+
+from panel.models import VE, AuditEvent, Job, Node, OSTemplate
+from panel.services import ves as svc
+from panel.services.errors import Conflict, InvalidInput, ServiceError
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def idle_node(db):
+    OSTemplate.objects.get_or_create(name="busybox")
+    return Node.objects.create(name="hakotest-idle", queue="node.hakotest-idle", state="online",
+                               last_heartbeat=timezone.now(), info={"templates": ["busybox"]})
+
+
+def nothing_written():
+    assert VE.objects.count() == 0, "a VE row was created"
+    assert Job.objects.count() == 0, "a job was created"
+    assert AuditEvent.objects.count() == 0, "an audit record was written for a refused request"
+
+
+BAD_HOSTNAMES = ["web;reboot", "web 1", "web\n1", "../etc", "a/b", "-lead", "trail-", "", "x" * 254,
+                 "a." * 130, "ünï", "$(id)", "`id`", "a..b", "web\x00", "web\r\nX-Injected: 1"]
+
+
+@pytest.mark.parametrize("hostname", BAD_HOSTNAMES)
+def test_it_refuses_hostile_hostnames(idle_node, tenant, hostname):
+    with pytest.raises(InvalidInput) as e:
+        svc.ve_create(tenant=tenant, template="busybox", hostname=hostname)
+    assert e.value.field == "hostname" and "RFC 1123" in e.value.message
+    nothing_written()
+
+
+@pytest.mark.parametrize("field,value,fragment", [
+    ("memory", 10**15, "memory must be between"),
+    ("memory", -1, "memory must be between"),
+    ("memory", 0, "memory must be between"),
+    ("memory", "12Q", "not a whole number"),
+    ("disk", 10**20, "disk must be between"),
+    ("disk", 1, "disk must be between"),
+    ("swap", "lots", "not a whole number"),
+    ("cpuunits", 0, "cpuunits must be between"),
+    ("cpuunits", 10**9, "cpuunits must be between"),
+    ("cpulimit", -5, "cpulimit must be between"),
+    ("numproc", 1, "numproc must be between"),
+    ("numproc", "1e9", "not a whole number"),
+    ("numproc", True, "whole number"),
+    ("veid", 5, "veid must be"),
+    ("veid", "101; rm -rf /", "not a whole number"),
+    ("veid", 10**12, "veid must be between"),
+])
+def test_it_refuses_absurd_sizes_and_ids(idle_node, tenant, field, value, fragment):
+    with pytest.raises(InvalidInput) as e:
+        svc.ve_create(tenant=tenant, template="busybox", **{field: value})
+    assert fragment in e.value.message
+    nothing_written()
+
+
+@pytest.mark.parametrize("template", ["nope", "../busybox", "busybox;id", "", "BUSYBOX"])
+def test_it_refuses_unknown_templates(idle_node, tenant, template):
+    with pytest.raises(InvalidInput, match="does not exist"):
+        svc.ve_create(tenant=tenant, template=template)
+    nothing_written()
+
+
+def test_it_refuses_a_veid_that_is_taken(idle_node, tenant):
+    svc.ve_create(tenant=tenant, template="busybox", veid=150)
+    with pytest.raises(Conflict, match="VE 150 already exists"):
+        svc.ve_create(tenant=tenant, template="busybox", veid=150)
+    assert VE.objects.count() == 1 and Job.objects.count() == 1
+
+
+def test_it_refuses_a_second_mutating_job_on_a_busy_ve(idle_node, tenant):
+    job = svc.ve_create(tenant=tenant, template="busybox")
+    ve = job.ve
+    with pytest.raises(Conflict) as e:
+        svc.ve_start(ve=ve)
+    assert e.value.code == "ve-busy"
+    Job.objects.filter(pk=job.pk).update(state="succeeded")
+    VE.objects.filter(pk=ve.pk).update(state="stopped")
+    start = svc.ve_start(ve=ve)
+    for other in (lambda: svc.ve_stop(ve=ve), lambda: svc.ve_destroy(ve=ve), lambda: svc.ve_set(ve=ve, memory=1 << 30)):
+        with pytest.raises(Conflict, match=f"VE {ve.veid} is busy: start job {start.id} is pending"):
+            other()
+    # reads are not mutations: status still goes through
+    svc.ve_status(ve=ve)
+    assert Job.objects.filter(ve=ve, mutating=True, state__in=["pending", "running"]).count() == 1
+
+
+def test_it_refuses_hostile_set_and_exec_values(idle_node, tenant):
+    job = svc.ve_create(tenant=tenant, template="busybox", disk=2 << 30)
+    Job.objects.filter(pk=job.pk).update(state="succeeded")
+    ve = VE.objects.get(pk=job.ve_id)
+    jobs_before, audit_before = Job.objects.count(), AuditEvent.objects.count()
+    for kwargs, fragment in [
+        ({"disk": 1 << 30}, "shrinking the disk"),
+        ({"memory": -1}, "memory must be between"),
+        ({"hostname": "a;b"}, "RFC 1123"),
+        ({"uid_base": 0}, "unknown parameters"),
+        ({"onboot": "yes"}, "onboot"),
+        ({}, "nothing to change"),
+    ]:
+        with pytest.raises(InvalidInput, match=fragment):
+            svc.ve_set(ve=ve, **kwargs)
+    for argv in ([], "ps", ["ps", "\x00"], [""], ["x"] * 300, [1, 2]):
+        with pytest.raises(InvalidInput):
+            svc.ve_exec(ve=ve, argv=argv)
+    with pytest.raises(InvalidInput):
+        svc.ve_exec(ve=ve, argv=["ps"], timeout=0)
+    assert Job.objects.count() == jobs_before and AuditEvent.objects.count() == audit_before
+
+
+def test_vzctl_prints_a_clear_error_and_creates_nothing(idle_node, tenant):
+    with pytest.raises(CommandError, match="RFC 1123"):
+        call_command("vzctl", "create", "101", "--ostemplate", "busybox", "--hostname", "a;reboot",
+                     "--tenant", tenant.slug)
+    with pytest.raises(CommandError, match="memory must be between"):
+        call_command("vzctl", "create", "101", "--ostemplate", "busybox", "--ram", "99999T", "--tenant", tenant.slug)
+    with pytest.raises(CommandError, match="does not exist"):
+        call_command("vzctl", "create", "101", "--ostemplate", "../../etc/passwd", "--tenant", tenant.slug)
+    with pytest.raises(CommandError, match="VE 999 does not exist"):
+        call_command("vzctl", "start", "999")
+    with pytest.raises(CommandError, match="VEID must be a number"):
+        call_command("vzctl", "start", "101;id")
+    nothing_written()
+
+
+def test_errors_are_service_errors_with_codes():
+    assert issubclass(InvalidInput, ServiceError) and InvalidInput.status == 400
+    assert Conflict.status == 409

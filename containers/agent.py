@@ -17,10 +17,12 @@ Safety rules enforced here (DESIGN.md, "Jobs"):
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import fcntl
 import json
 import logging
 import os
+import signal
 import socket
 import threading
 import time
@@ -34,8 +36,14 @@ from . import messages as m
 from .config import AgentConfig
 from .runtime import Runtime, RuntimeError_
 from .templates import TemplateError, ensure_builtin, list_templates
+from . import tuning
+from .storage import PoolError
+from .templates import build_template, remove_template, template_paths
 
 log = logging.getLogger("hako.agent")
+
+# Log lines of a job are sent in batches at most this old (see Agent.handle).
+LOG_BATCH_SECONDS = 0.25
 
 
 class Agent:
@@ -49,6 +57,8 @@ class Agent:
         self.started_at = time.time()
         self.hb_seq = 0
         self._stop = threading.Event()
+        self.node_info: dict = {}  # what prepare_host did (tuning), for the heartbeat
+        self._shaped: dict[int, int] = {}
 
     # --- outbound ----------------------------------------------------------------------
     def send(self, task: str, body: dict) -> None:
@@ -56,10 +66,11 @@ class Agent:
                            serializer="json", retry=True,
                            retry_policy={"max_retries": 5, "interval_start": 0.2, "interval_step": 0.5})
 
-    def event(self, job_id: str, seq: int, type_: str, message: str = "", data: dict | None = None):
+    def event(self, job_id: str, seq: int, type_: str, message: str = "", data: dict | None = None,
+              lines: list | None = None):
         self.send(m.TASK_PANEL_EVENT, m.event_body(node=self.cfg.node, instance=self.instance,
                                                    job_id=job_id, seq=seq, type=type_,
-                                                   message=message, data=data))
+                                                   message=message, data=data, lines=lines))
 
     def capacity(self) -> dict:
         vm = psutil.virtual_memory()
@@ -80,7 +91,8 @@ class Agent:
             node=self.cfg.node, instance=self.instance, seq=self.hb_seq, capacity=self.capacity(),
             inventory=self.runtime.inventory(),
             info={"templates": list_templates(self.cfg.templates), "started_at": self.started_at,
-                  "hostname": socket.gethostname(), "kernel": os.uname().release},
+                  "hostname": socket.gethostname(), "kernel": os.uname().release,
+                  "pool": self.runtime.pool.info(), **self.node_info},
         )
         self.send(m.TASK_PANEL_HEARTBEAT, body)
 
@@ -184,20 +196,36 @@ class Agent:
             log.warning("refused job %s: already run by this node", job.job_id)
             return "refused: already run"
         seq = 0
+        pending: list[list] = []  # log lines not yet sent: [seq, text]
+        flushed_at = time.monotonic()
 
         def emit(type_: str, message: str = "", data: dict | None = None):
-            nonlocal seq
+            """Send an event. Log lines ride along with the next event, or go out on their
+            own once they are LOG_BATCH_SECONDS old: one broker message and one panel
+            transaction per job step instead of one per line, while a slow job's log still
+            streams."""
+            nonlocal seq, flushed_at
             seq += 1
-            self.event(job.job_id, seq, type_, message, data)
+            if type_ == "log":
+                pending.append([seq, message])
+                if time.monotonic() - flushed_at < LOG_BATCH_SECONDS:
+                    return
+                message = ""  # a batch: its lines are the content, its seq the last line's
+            lines = pending[:]
+            pending.clear()
+            flushed_at = time.monotonic()
+            self.event(job.job_id, seq, type_, message, data, lines)
 
-        emit("running", f"{job.op} VE {job.veid} on {self.cfg.node}", {"instance": self.instance})
+        what = f"VE {job.veid}" if job.veid else f"{job.args.get('template') or 'node'}"[:64]
+        emit("running", f"{job.op} {what} on {self.cfg.node}", {"instance": self.instance})
         outcome = "failed"
         try:
-            with self.ve_lock(job.veid):
+            lock = f"template-{job.args.get('template')}" if job.op.startswith("template_") else job.veid
+            with self.ve_lock(lock):
                 result = self.run(job, lambda msg: emit("log", msg))
             emit("succeeded", "", result)
             outcome = "succeeded"
-        except (RuntimeError_, TemplateError) as e:
+        except (RuntimeError_, TemplateError, PoolError) as e:
             emit("failed", str(e), {"error": "operation-failed", "observed": self._observe(job.veid)})
         except Exception as e:  # never leave a job running in the panel's eyes
             log.exception("job %s crashed", job.job_id)
@@ -210,7 +238,15 @@ class Agent:
     def run(self, job: m.JobMessage, log_line) -> dict:
         rt, spec, gen = self.runtime, job.spec, job.generation
         if job.op == "create":
-            return rt.create(spec, gen, log_line, fault=self.fault("create"))
+            try:
+                ident = m.check_identity_args(job.args)
+            except m.MessageError as e:
+                raise RuntimeError_(f"refused: {e}") from None
+            return rt.create(spec, gen, log_line, fault=self.fault("create"), ident=ident)
+        if job.op == "template_build":
+            return self.template_build(job.args, log_line)
+        if job.op == "template_remove":
+            return self.template_remove(job.args, log_line)
         if job.op == "start":
             self.fault("start")()
             return rt.start(spec, gen, log_line)
@@ -233,12 +269,148 @@ class Agent:
                     or not all(isinstance(a, str) and "\x00" not in a for a in argv)):
                 raise RuntimeError_("exec needs a non-empty argv list of strings")
             return rt.exec(job.veid, argv, timeout=_arg_int(job.args, "timeout", 60), log=log_line)
+        if job.op == "node_config":
+            return self.node_config(job.args, log_line)
         if job.op == "status":
             return {"state": rt.state(job.veid), "nproc": rt.nproc(job.veid) or 0}
         raise RuntimeError_(f"unknown operation {job.op}")
 
     def stop(self):
         self._stop.set()
+
+    # --- templates, host preparation, start-on-boot --------------------------------------
+    def template_build(self, args: dict, log_line) -> dict:
+        """Build a built-in OS template into the cache (debian-12: debootstrap, minutes) and
+        its golden image; a template already cached is kept (remove it to rebuild)."""
+        try:
+            name = m.check_template_name(args.get("template"))
+        except m.MessageError as e:
+            raise RuntimeError_(str(e)) from None
+        t0 = time.monotonic()
+        archive, built = build_template(self.cfg.templates, name, log_line, self.cfg.debian_mirror)
+        if not built:
+            log_line(f"OS template {name} is in this node's template cache already")
+        golden = None
+        if self.runtime.pool.clone_ok:
+            golden = self.runtime.pool.ensure_base(name, archive, log_line).name
+        return {"template": name, "built": built, "size": archive.stat().st_size, "golden": golden,
+                "seconds": round(time.monotonic() - t0, 1), "templates": list_templates(self.cfg.templates)}
+
+    def template_remove(self, args: dict, log_line) -> dict:
+        """Delete a template and its golden images from this node; its VEs are untouched."""
+        try:
+            name = m.check_template_name(args.get("template"))
+        except m.MessageError as e:
+            raise RuntimeError_(str(e)) from None
+        existed = remove_template(self.cfg.templates, name)
+        dropped = self.runtime.pool.drop(name)
+        log_line(f"OS template {name} removed from the template cache" if existed
+                 else f"OS template {name} was not in the template cache")
+        if dropped:
+            log_line(f"Removed {dropped} golden image(s) of {name}")
+        return {"template": name, "removed": existed, "templates": list_templates(self.cfg.templates)}
+
+    def prepare_host(self) -> None:
+        """Before taking work: raise the kernel limits that cap density, mount the storage
+        pool and make the golden images of the cached templates."""
+        self.node_info.update(tuning.tune_node())
+        log.info("tuning: %s", " ".join(f"{k}={v}" for k, v in self.node_info["tuning"].items()))
+        try:
+            info = self.runtime.pool.prepare()
+        except (PoolError, OSError) as e:
+            log.error("storage pool unusable, VE disks are made with mkfs + tar: %s", e)
+            return
+        log.info("storage pool: %s", info)
+        if self.runtime.pool.clone_ok:
+            for name in list_templates(self.cfg.templates):
+                try:
+                    self.runtime.pool.ensure_base(name, template_paths(self.cfg.templates, name)[0],
+                                                  lambda msg: log.info("storage pool: %s", msg))
+                except (PoolError, OSError) as e:
+                    log.warning("storage pool: no golden image for %s: %s", name, e)
+
+    def start_onboot(self) -> list[int]:
+        """Start the VEs marked start-on-boot that are not running (after a host reboot, or
+        stopped behind the agent's back). Runs before the first heartbeat."""
+        rt = self.runtime
+        started = []
+        for veid in rt.known_veids():
+            try:
+                spec = rt.load_spec(veid)
+            except (ValueError, m.MessageError) as e:
+                log.warning("onboot: VE %s has an unreadable stored spec: %s", veid, e)
+                continue
+            if spec is None or not spec.onboot or not rt.exists(veid) or rt.nproc(veid):
+                continue
+            try:
+                with self.ve_lock(veid):
+                    if rt.is_running(veid):
+                        continue
+                    log.info("onboot: starting VE %s", veid)
+                    rt.start(spec, rt.load_generation(veid), lambda msg, v=veid: log.info("onboot: VE %s: %s", v, msg))
+                started.append(veid)
+                log.info("onboot: VE %s started", veid)
+            except Exception as e:  # one VE must not keep the others (or the agent) down
+                log.warning("onboot: VE %s did not start: %s", veid, e)
+        return started
+
+    # --- node-level configuration ----------------------------------------------------
+    @property
+    def node_file(self):
+        return self.cfg.state / "node.json"
+
+    def node_config(self, args: dict, log_line) -> dict:
+        """Apply and keep the node's configuration from the panel (its address pools)."""
+        pools = args.get("pools")
+        if not isinstance(pools, list) or len(pools) > 1024:
+            raise RuntimeError_("node_config needs a list of pools")
+        import ipaddress
+
+        clean = []
+        for p in pools:
+            try:
+                clean.append(str(ipaddress.ip_network(p, strict=True)))
+            except (ValueError, TypeError):
+                raise RuntimeError_(f"bad pool {str(p)[:60]!r}") from None
+        tmp = self.node_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"pools": clean}))
+        os.replace(tmp, self.node_file)
+        self.runtime.net.prepare_node(clean)
+        for p in clean:
+            log_line(f"Pool {p}: unreachable route installed")
+        return {"pools": clean}
+
+    def prepare_node(self) -> None:
+        """At start: forwarding, anti-spoofing and the pools' unreachable routes from the
+        last configuration the panel sent; then re-plumb the VEs that kept running."""
+        try:
+            pools = json.loads(self.node_file.read_text()).get("pools", [])
+        except (FileNotFoundError, ValueError):
+            pools = []
+        self.runtime.net.prepare_node(pools)
+        for item in self.runtime.inventory():
+            if item["state"] == "running":
+                spec = self.runtime.load_spec(item["veid"])
+                if spec is not None:
+                    try:
+                        self.runtime.plumb(spec)
+                    except RuntimeError_ as e:
+                        log.warning("VE %s: %s", item["veid"], e)
+
+    def on_new_link(self, veid: int) -> None:
+        """A VE's host interface appeared (start, or reboot from inside): re-apply shaping."""
+        spec = self.runtime.load_spec(veid)
+        if spec is None or not (spec.rate_in or spec.rate_out):
+            return
+        try:
+            ifindex = self.runtime.net.ifindex(veid)
+        except Exception:
+            return
+        if ifindex is None or self._shaped.get(veid) == ifindex:
+            return
+        self.runtime.net.shape(veid, spec.rate_in, spec.rate_out)
+        self._shaped[veid] = ifindex
+        log.info("VE %s: shaping re-applied on its new interface", veid)
 
 
 def _arg_int(args: dict, name: str, default: int) -> int:
@@ -267,7 +439,11 @@ def make_app(cfg: AgentConfig) -> tuple[Celery, Agent]:
     @worker_ready.connect(weak=False)
     def _on_ready(**_):
         agent.recover_journal()
+        agent.prepare_node()
+        agent.start_onboot()
         threading.Thread(target=agent.heartbeat_loop, name="heartbeat", daemon=True).start()
+        threading.Thread(target=agent.runtime.net.watch_links, args=(agent.on_new_link, agent._stop),
+                         name="netlink", daemon=True).start()
 
     @worker_shutdown.connect(weak=False)
     def _on_shutdown(**_):
@@ -279,11 +455,14 @@ def make_app(cfg: AgentConfig) -> tuple[Celery, Agent]:
 def main() -> None:
     logging.basicConfig(level=os.environ.get("HAKO_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # `kill -USR1 <pid>` prints every thread's stack to the log: a hung job tells where.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     cfg = AgentConfig.from_env()
     cfg.ensure_dirs()
     templates = ensure_builtin(cfg.templates)
     log.info("node %s: root %s, templates %s", cfg.node, cfg.root, templates)
-    app, _agent = make_app(cfg)
+    app, agent = make_app(cfg)
+    agent.prepare_host()
     app.worker_main([
         "worker", "-Q", m.queue_for_node(cfg.node), "-n", f"{cfg.node}@{socket.gethostname()}",
         # prefork: acks_late with the threads pool stalls consumption on the Redis transport

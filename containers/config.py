@@ -39,6 +39,32 @@ def _float(name: str, default: float) -> float:
         raise ConfigError(f"{name} must be a number, got {raw!r}") from None
 
 
+def _pool() -> str:
+    raw = os.environ.get("HAKO_POOL", "") or "loop"
+    if raw in ("loop", "none"):
+        return raw
+    if raw.startswith("/") and "\n" not in raw and os.path.normpath(raw) == raw:
+        return raw
+    raise ConfigError("HAKO_POOL must be 'loop', 'none' or the absolute path of a mounted XFS (reflink) disk")
+
+
+def _size(name: str) -> int:
+    raw = os.environ.get(name, "")
+    if raw == "":
+        return 0
+    m = re.fullmatch(r"(\d{1,15})([KMGT]?)", raw.upper())
+    if not m:
+        raise ConfigError(f"{name} must be a size like 200G, got {raw!r}")
+    return int(m.group(1)) * 1024 ** " KMGT".index(m.group(2) or " ")
+
+
+def _mirror() -> str:
+    raw = os.environ.get("HAKO_DEBIAN_MIRROR", "") or "http://deb.debian.org/debian"
+    if not re.fullmatch(r"https?://[A-Za-z0-9.-]+(:\d{1,5})?(/[A-Za-z0-9._~/-]*)?", raw):
+        raise ConfigError("HAKO_DEBIAN_MIRROR must be an http(s) URL of a Debian mirror")
+    return raw
+
+
 @dataclass(frozen=True)
 class AgentConfig:
     node: str
@@ -51,6 +77,23 @@ class AgentConfig:
     # Test-only fault injection: "op:seconds" makes the named operation sleep midway, so
     # that a test can kill the agent while a job runs. Empty in production.
     fault_delay: str
+    # Storage pool for VE disks (DESIGN.md, "A provisioning path"): "loop" (an XFS loop file
+    # at <root>/pool.xfs mounted at <root>/pool: tests and the embedded default), an absolute
+    # path where the admin mounted a dedicated XFS disk made with reflink=1 (production), or
+    # "none" (images on the root's filesystem, every disk made by mkfs + tar).
+    pool: str = "loop"
+    pool_size: int = 0  # bytes of the loop file; 0 = the free space of the root's filesystem
+    debian_mirror: str = "http://deb.debian.org/debian"
+
+    @property
+    def pool_dir(self) -> Path | None:
+        if self.pool == "none":
+            return None
+        return self.root / "pool" if self.pool == "loop" else Path(self.pool)
+
+    @property
+    def pool_file(self) -> Path:
+        return self.root / "pool.xfs"
 
     @property
     def lxcpath(self) -> Path:
@@ -95,6 +138,9 @@ class AgentConfig:
             concurrency=_int("HAKO_AGENT_CONCURRENCY", 4, 1, 64),
             stop_timeout=_int("HAKO_STOP_TIMEOUT", 30, 1, 3600),
             fault_delay=os.environ.get("HAKO_FAULT_DELAY", ""),
+            pool=_pool(),
+            pool_size=_size("HAKO_POOL_SIZE"),
+            debian_mirror=_mirror(),
         )
 
     def ensure_dirs(self) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import json
 import re
 import time
@@ -27,8 +28,9 @@ PANEL_QUEUE = "panel"
 
 # Operations a node runs. Mutating ones hold the VE's lock on the panel side.
 MUTATING_OPS = ("create", "start", "stop", "restart", "destroy", "set")
+NODE_OPS = ("node_config", "template_build", "template_remove")  # node-level work, no VE
 READ_OPS = ("exec", "status")
-OPS = MUTATING_OPS + READ_OPS
+OPS = MUTATING_OPS + READ_OPS + NODE_OPS
 
 # How long a job message stays valid on the broker. A message older than this is refused
 # by the node, so that a redelivery long after the panel gave up does nothing.
@@ -110,7 +112,23 @@ LIMITS = {
     "cpulimit": (0, 100 * 1024),  # percent of one CPU; 0 = no cap
     "numproc": (16, 4_194_304),
     "uid_base": (65_536, 4_294_967_295 - 65_536),
+    "iolimit": (0, 1 * TiB),       # disk bytes/s (vzctl --iolimit); 0 = unlimited
+    "iopslimit": (0, 10_000_000),  # disk operations/s (vzctl --iopslimit); 0 = unlimited
 }
+# Limits a spec may omit (older panels and stored specs predate them): value when absent.
+OPTIONAL_LIMITS = {"iolimit": 0, "iopslimit": 0}
+# A non-zero I/O limit below these would all but freeze a VE's disk: refuse it as a typo.
+LIMIT_FLOORS = {"iolimit": 64 * 1024, "iopslimit": 8}
+
+
+def limit_ok(name: str, v) -> bool:
+    """True if ``v`` is a valid value of the integer spec field ``name``."""
+    lo, hi = LIMITS[name]
+    if type(v) is not int or not lo <= v <= hi:
+        return False
+    return v == 0 or v >= LIMIT_FLOORS.get(name, 0)
+
+
 IDMAP_SIZE = 65536
 
 
@@ -129,7 +147,13 @@ class VESpec:
     numproc: int
     uid_base: int
     addresses: tuple = ()
+    nameservers: tuple = ()
+    searchdomain: str = ""
+    rate_in: int = 0    # bits/s to the VE, 0 = unlimited
+    rate_out: int = 0   # bits/s from the VE, 0 = unlimited
     onboot: bool = False
+    iolimit: int = 0
+    iopslimit: int = 0
 
     @classmethod
     def from_dict(cls, raw) -> "VESpec":
@@ -141,9 +165,10 @@ class VESpec:
             raise MessageError(f"unknown spec fields: {sorted(unknown)}")
         values = {}
         for name, (lo, hi) in LIMITS.items():
-            v = raw.get(name)
-            if type(v) is not int or not lo <= v <= hi:
-                raise MessageError(f"spec field {name} must be an integer in [{lo}, {hi}]")
+            v = raw.get(name, OPTIONAL_LIMITS.get(name))
+            if not limit_ok(name, v):
+                floor = f" (0 or at least {LIMIT_FLOORS[name]})" if name in LIMIT_FLOORS else ""
+                raise MessageError(f"spec field {name} must be an integer in [{lo}, {hi}]{floor}")
             values[name] = v
         hostname = raw.get("hostname")
         if not isinstance(hostname, str) or not HOSTNAME_RE.match(hostname):
@@ -151,19 +176,119 @@ class VESpec:
         template = raw.get("template")
         if not isinstance(template, str) or not TEMPLATE_RE.match(template):
             raise MessageError("spec template name is invalid")
-        addresses = raw.get("addresses", [])
-        if not isinstance(addresses, list) or not all(isinstance(a, str) for a in addresses):
-            raise MessageError("spec addresses must be a list of strings")
+        addresses = _address_list(raw.get("addresses", []), "addresses", limit=256)
+        nameservers = _address_list(raw.get("nameservers", []), "nameservers", limit=3, any_ip=True)
+        searchdomain = raw.get("searchdomain", "")
+        if not isinstance(searchdomain, str) or (searchdomain and not all(
+                HOSTNAME_RE.match(d) for d in searchdomain.split(" "))) or len(searchdomain) > 253:
+            raise MessageError("spec searchdomain must be domain names separated by spaces")
+        for rate in ("rate_in", "rate_out"):
+            v = raw.get(rate, 0)
+            if type(v) is not int or not 0 <= v <= 100 * 10**9:
+                raise MessageError(f"spec {rate} must be bits/s between 0 and 100G")
+            values[rate] = v
         onboot = raw.get("onboot", False)
         if not isinstance(onboot, bool):
             raise MessageError("spec onboot must be a boolean")
         return cls(hostname=hostname, template=template, addresses=tuple(addresses),
-                   onboot=onboot, **values)
+                   nameservers=tuple(nameservers), searchdomain=searchdomain, onboot=onboot, **values)
 
     def to_dict(self) -> dict:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
         d["addresses"] = list(self.addresses)
+        d["nameservers"] = list(self.nameservers)
         return d
+
+
+def check_ve_address(text: str, *, any_ip: bool = False) -> str:
+    """Canonical text of one host address; refuses prefixes and addresses that can never
+    belong to a VE (loopback, multicast, link-local, unspecified)."""
+    try:
+        addr = ipaddress.ip_address(text)
+    except ValueError:
+        raise MessageError(f"{str(text)[:60]!r} is not an IP address") from None
+    if not any_ip and (addr.is_loopback or addr.is_multicast or addr.is_unspecified or addr.is_link_local):
+        raise MessageError(f"{addr} cannot be a VE address")
+    return str(addr)
+
+
+def _address_list(raw, name: str, *, limit: int, any_ip: bool = False) -> list[str]:
+    if not isinstance(raw, list) or len(raw) > limit or not all(isinstance(a, str) for a in raw):
+        raise MessageError(f"spec {name} must be a list of at most {limit} addresses")
+    out = [check_ve_address(a, any_ip=any_ip) for a in raw]
+    if len(set(out)) != len(out):
+        raise MessageError(f"spec {name} has duplicates")
+    return out
+
+
+# --- per-VE identity sent with a create job -------------------------------------------
+# The root password crosses the broker only as a SHA-512 crypt hash; authorized keys as
+# plain OpenSSH public keys without options. Both sides check them with these functions.
+
+PASSWORD_HASH_RE = re.compile(r"^\$6\$(rounds=[1-9][0-9]{3,8}\$)?[./0-9A-Za-z]{1,16}\$[./0-9A-Za-z]{86}$")
+SSH_KEY_TYPES = ("ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384",
+                 "ecdsa-sha2-nistp521", "sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com")
+SSH_KEYS_MAX = 64
+SSH_KEY_MAX_LEN = 16 * 1024
+_KEY_COMMENT_RE = re.compile(r"^[^\x00-\x1f\x7f]{0,1024}$")
+
+
+def check_password_hash(value) -> str:
+    """A SHA-512 crypt hash (``$6$salt$...``) as /etc/shadow holds it, or MessageError."""
+    if not isinstance(value, str) or not PASSWORD_HASH_RE.match(value):
+        raise MessageError("root password hash must be a SHA-512 crypt hash ($6$salt$hash)")
+    return value
+
+
+def check_ssh_key(line) -> str:
+    """One OpenSSH public key line ``type base64 [comment]``; key options are refused."""
+    import base64
+    import binascii
+
+    if not isinstance(line, str) or not line.strip():
+        raise MessageError("an SSH key must be a non-empty line of text")
+    if len(line) > SSH_KEY_MAX_LEN or any(c in line for c in "\r\n\x00"):
+        raise MessageError("an SSH key must be one line of at most 16 KiB")
+    parts = line.strip().split(None, 2)
+    if parts[0] not in SSH_KEY_TYPES:
+        raise MessageError(f"SSH key type {parts[0][:40]!r} is not accepted (key options such as "
+                           f"command= are not accepted either); use one of: {', '.join(SSH_KEY_TYPES[:5])}")
+    if len(parts) < 2:
+        raise MessageError("SSH key has no key data")
+    try:
+        blob = base64.b64decode(parts[1], validate=True)
+    except (binascii.Error, ValueError):
+        raise MessageError("SSH key data is not valid base64") from None
+    n = int.from_bytes(blob[:4], "big") if len(blob) >= 4 else -1
+    if n != len(parts[0]) or blob[4:4 + n] != parts[0].encode() or len(blob) < 4 + n + 16:
+        raise MessageError(f"SSH key data does not hold a {parts[0]} key")
+    comment = parts[2] if len(parts) > 2 else ""
+    if not _KEY_COMMENT_RE.match(comment):
+        raise MessageError("SSH key comment holds control characters or is too long")
+    return " ".join(p for p in (parts[0], parts[1], comment) if p)
+
+
+def check_ssh_keys(value) -> list[str]:
+    if not isinstance(value, list) or len(value) > SSH_KEYS_MAX:
+        raise MessageError(f"SSH keys must be a list of at most {SSH_KEYS_MAX} keys")
+    return [check_ssh_key(k) for k in value]
+
+
+def check_identity_args(args: dict) -> dict:
+    """The identity part of a create job's args, re-validated: ``root_password_hash`` and
+    ``ssh_keys`` (both optional)."""
+    out = {}
+    if args.get("root_password_hash") is not None:
+        out["root_password_hash"] = check_password_hash(args["root_password_hash"])
+    if args.get("ssh_keys") is not None:
+        out["ssh_keys"] = check_ssh_keys(args["ssh_keys"])
+    return out
+
+
+def check_template_name(value) -> str:
+    if not isinstance(value, str) or not TEMPLATE_RE.match(value):
+        raise MessageError("template name must be lower-case letters, digits, '.' and '-'")
+    return value
 
 
 # --- job messages --------------------------------------------------------------------
@@ -215,7 +340,10 @@ class JobMessage:
         if op not in OPS:
             raise MessageError(f"unknown operation {op!r}")
         veid, gen = body.get("veid"), body.get("generation")
-        if type(veid) is not int or not LIMITS["veid"][0] <= veid <= LIMITS["veid"][1]:
+        if op in NODE_OPS:
+            if veid != 0:
+                raise MessageError("node operations carry veid 0")
+        elif type(veid) is not int or not LIMITS["veid"][0] <= veid <= LIMITS["veid"][1]:
             raise MessageError("bad veid")
         if type(gen) is not int or gen < 0:
             raise MessageError("bad generation")
@@ -243,8 +371,10 @@ class JobMessage:
 
 
 def event_body(*, node: str, instance: str, job_id: str, seq: int, type: str, message: str = "",
-               data: dict | None = None, now: float | None = None) -> dict:
-    """Body of a job event: progress or result of one job, sequenced per job."""
+               data: dict | None = None, lines: list | None = None, now: float | None = None) -> dict:
+    """Body of a job event: progress or result of one job, sequenced per job.
+
+    ``lines`` carries log lines ``[seq, text]`` that precede the event itself."""
     if type not in EVENT_TYPES:
         raise MessageError(f"bad event type {type!r}")
     return {
@@ -256,6 +386,7 @@ def event_body(*, node: str, instance: str, job_id: str, seq: int, type: str, me
         "event": type,
         "message": message,
         "data": data or {},
+        "lines": lines or [],
         "ts": time.time() if now is None else now,
     }
 

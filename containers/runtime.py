@@ -25,9 +25,11 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from . import network
+from . import identity, storage
 from .config import AgentConfig
 from .messages import IDMAP_SIZE, VESpec
-from .templates import template_meta, template_paths
+from .templates import boot_meta, template_meta, template_paths
 
 Log = Callable[[str], None]
 
@@ -50,6 +52,27 @@ def _run(argv: list[str], *, timeout: float = 60, check: bool = True, input: byt
         err = (proc.stderr or proc.stdout).decode(errors="replace").strip().splitlines()
         raise RuntimeError_(f"{os.path.basename(argv[0])} failed: {err[-1] if err else proc.returncode}")
     return proc
+
+
+CAP_SYS_RESOURCE = 24
+
+
+def has_capability(cap: int) -> bool:
+    """Whether this process holds capability number ``cap`` (linux/capability.h)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("CapEff:"):
+            return bool(int(line.split()[1], 16) >> cap & 1)
+    return False
+
+
+def _ext4_geometry(device: str) -> tuple[int, int]:
+    """(block size, block count) of the ext4 filesystem on an image file or block device."""
+    out = _run(["dumpe2fs", "-h", device], timeout=60).stdout.decode(errors="replace")
+    fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+    try:
+        return int(fields["Block size"]), int(fields["Block count"])
+    except (KeyError, ValueError):
+        raise RuntimeError_(f"cannot read the filesystem size of {device}") from None
 
 
 def cgroup_v2_only() -> bool:
@@ -111,6 +134,22 @@ def cgroup_limits(spec: VESpec) -> list[tuple[str, str]]:
     return limits
 
 
+def hosts_file(spec: VESpec) -> str:
+    lines = ["127.0.0.1 localhost", "::1 localhost ip6-localhost ip6-loopback"]
+    short = spec.hostname.split(".")[0]
+    names = spec.hostname if short == spec.hostname else f"{spec.hostname} {short}"
+    lines.append(f"{spec.addresses[0] if spec.addresses else '127.0.1.1'} {names}")
+    return "\n".join(lines) + "\n"
+
+
+def resolv_conf(spec: VESpec) -> str:
+    lines = ["# Written by Hako from the VE's settings (--nameserver, --searchdomain)."]
+    if spec.searchdomain:
+        lines.append(f"search {spec.searchdomain}")
+    lines += [f"nameserver {ns}" for ns in spec.nameservers]
+    return "\n".join(lines) + "\n"
+
+
 def describe_limits(spec: VESpec) -> list[str]:
     """vzctl-style progress lines for the limits a spec applies."""
     mib = 1024 * 1024
@@ -119,7 +158,8 @@ def describe_limits(spec: VESpec) -> list[str]:
         f"Setting CPU limit: {spec.cpulimit or 'none'}",
         f"Setting memory: {spec.memory // mib}M, swap: {spec.swap // mib}M",
         f"Setting numproc: {spec.numproc}",
-    ]
+    ] + ([f"Setting iolimit: {spec.iolimit} bytes/sec"] if spec.iolimit else []) + (
+        [f"Setting iopslimit: {spec.iopslimit} ops/sec"] if spec.iopslimit else [])
 
 
 class Runtime:
@@ -128,6 +168,8 @@ class Runtime:
     def __init__(self, cfg: AgentConfig):
         self.cfg = cfg
         self.cgroup_dir = f"hako.{cfg.node}"
+        self.net = network.HostNetwork()
+        self.pool = storage.Pool(cfg)
 
     # --- paths -----------------------------------------------------------------------
     def image(self, veid: int) -> Path:
@@ -176,6 +218,10 @@ class Runtime:
     def exists(self, veid: int) -> bool:
         return self.image(veid).exists()
 
+    def init_pid(self, veid: int) -> int:
+        proc = _run(self.lxc("info", veid, "-p", "-H"), timeout=15)
+        return int(proc.stdout.strip())
+
     def is_running(self, veid: int) -> bool:
         proc = _run(self.lxc("info", veid, "-s", "-H"), check=False, timeout=15)
         return proc.stdout.strip() == b"RUNNING"
@@ -199,14 +245,21 @@ class Runtime:
         when the container stops.
         """
         out = []
+        try:
+            traffic = self.net.counters()
+        except Exception:  # counters are best effort; the inventory must still go out
+            traffic = {}
         for veid in self.known_veids():
             n = self.nproc(veid)
-            out.append({
+            item = {
                 "veid": veid,
                 "state": "running" if n else ("stopped" if self.exists(veid) else "absent"),
                 "nproc": n if n else 0,
                 "generation": self.load_generation(veid),
-            })
+            }
+            if veid in traffic:
+                item["traffic"] = traffic[veid]
+            out.append(item)
         return out
 
     # --- disk ------------------------------------------------------------------------
@@ -236,6 +289,7 @@ class Runtime:
         tmp = img.with_suffix(".img.new")
         with open(tmp, "wb") as f:
             f.truncate(spec.disk)
+        os.chmod(tmp, 0o600)  # the VE's data: root only
         # -m 0: no reserved blocks, so the VE gets exactly the size it pays for; lazy init
         # keeps mkfs at a few milliseconds for any size.
         _run(["mkfs.ext4", "-q", "-F", "-m", "0", "-E",
@@ -245,21 +299,66 @@ class Runtime:
     def grow_disk(self, spec: VESpec, log: Log) -> None:
         img = self.image(spec.veid)
         size = img.stat().st_size
-        if spec.disk < size:
+        mounted = self.is_mounted(spec.veid)
+        loopdev = self._loop_device(img) if mounted else None
+        # Decide from the filesystem, not the file: an earlier grow may have extended the
+        # file and then failed to resize, and a retry must finish the job, not skip it.
+        block, blocks = _ext4_geometry(loopdev or str(img))
+        if spec.disk < block * blocks:
             raise RuntimeError_("shrinking a disk is not supported by this operation")
-        if spec.disk == size:
+        if block * (blocks + 1) > spec.disk:
             return
+        if mounted and not has_capability(CAP_SYS_RESOURCE):
+            # ext4 online resize (EXT4_IOC_RESIZE_FS) needs CAP_SYS_RESOURCE; say so before
+            # touching anything, so that the VE and its disk stay exactly as they were.
+            raise RuntimeError_("this node cannot grow a disk while the VE runs (its agent lacks "
+                                "CAP_SYS_RESOURCE): stop the VE, set the size, start it again")
         log(f"Growing disk to {spec.disk // (1024 * 1024)}M")
-        with open(img, "r+b") as f:
-            f.truncate(spec.disk)
-        if self.is_mounted(spec.veid):
-            loopdev = self._loop_device(img)
+        if size < spec.disk:
+            with open(img, "r+b") as f:
+                f.truncate(spec.disk)
+        if mounted:
             if loopdev:
                 _run(["losetup", "-c", loopdev])
             _run(["resize2fs", loopdev or str(img)], timeout=600)
         else:
             _run(["e2fsck", "-f", "-p", str(img)], check=False, timeout=600)
             _run(["resize2fs", str(img)], timeout=600)
+
+    def disk_devnum(self, veid: int) -> str:
+        """``MAJ:MIN`` of the VE's own disk while it is mounted (its loop device)."""
+        if not self.is_mounted(veid):
+            raise RuntimeError_(f"the disk of VE {veid} is not mounted")
+        dev = os.stat(self.mountpoint(veid)).st_dev
+        return f"{os.major(dev)}:{os.minor(dev)}"
+
+    def apply_io_limits(self, spec: VESpec) -> None:
+        """Throttle the VE's disk I/O (vzctl --iolimit bytes/s, --iopslimit ops/s, reads and
+        writes each) on its own loop device, in the VE's blkio cgroup; 0 lifts a throttle.
+
+        Runs after lxc-start (the cgroup exists then) and live on ``set``. cgroup v1 blkio
+        throttling only sees I/O that the VE's tasks submit themselves: reads, direct
+        (O_DIRECT) and synchronous writes (fsync, O_SYNC). Buffered writes are written back
+        later by kernel flusher threads that v1 does not attribute to the VE, so they escape
+        the limit until the VE syncs; cgroup v2's io.max would catch writeback too.
+        """
+        devnum = self.disk_devnum(spec.veid)
+        if cgroup_v2_only():
+            def v(n: int) -> str:
+                return str(n) if n else "max"
+            writes = [("io.max", f"{devnum} rbps={v(spec.iolimit)} wbps={v(spec.iolimit)} "
+                                 f"riops={v(spec.iopslimit)} wiops={v(spec.iopslimit)}")]
+            cg = self.cgroup_path("io", spec.veid)
+        else:
+            writes = [(f"blkio.throttle.{op}_{kind}_device", f"{devnum} {value}")
+                      for kind, value in (("bps", spec.iolimit), ("iops", spec.iopslimit))
+                      for op in ("read", "write")]
+            cg = self.cgroup_path("blkio", spec.veid)
+        for key, value in writes:
+            try:
+                (cg / key).write_text(value)
+            except OSError as e:
+                raise RuntimeError_(f"cannot set {key} to {value}: {e.strerror}") from None
 
     @staticmethod
     def _loop_device(img: Path) -> str | None:
@@ -269,7 +368,7 @@ class Runtime:
 
     # --- config ----------------------------------------------------------------------
     def write_config(self, spec: VESpec) -> None:
-        meta = template_meta(self.cfg.templates, spec.template)
+        meta = boot_meta(self.cfg.templates, spec.template)  # the template may be gone from the cache
         ct = self.ctdir(spec.veid)
         ct.mkdir(parents=True, exist_ok=True)
         base = spec.uid_base
@@ -281,7 +380,7 @@ class Runtime:
             "lxc.rootfs.options = idmap=container",
             f"lxc.idmap = u 0 {base} {IDMAP_SIZE}",
             f"lxc.idmap = g 0 {base} {IDMAP_SIZE}",
-            "lxc.net.0.type = empty",
+            *network.lxc_config_lines(spec.veid, list(spec.addresses)),
             "lxc.autodev = 1",
             f"lxc.signal.halt = {meta.get('halt_signal', 'SIGPWR')}",
             f"lxc.init.cmd = {meta.get('init', '/sbin/init')}",
@@ -295,6 +394,10 @@ class Runtime:
         ]
         prefix = "lxc.cgroup2." if cgroup_v2_only() else "lxc.cgroup."
         lines += [f"{prefix}{k} = {v}" for k, v in cgroup_limits(spec)]
+        # The VE's own uptime: a time namespace whose boot clock starts near zero at this
+        # start. lxcfs covers /proc/uptime only; uptime(1), sysinfo(2) and timers read
+        # CLOCK_BOOTTIME, which only a time namespace shifts. Rounded down: never negative.
+        lines.append(f"lxc.time.offset.boot = -{int(time.clock_gettime(time.CLOCK_BOOTTIME))}s")
         tmp = ct / "config.tmp"
         tmp.write_text("\n".join(lines) + "\n")
         os.replace(tmp, ct / "config")
@@ -305,8 +408,10 @@ class Runtime:
         etc = root / "etc"
         if etc.is_symlink() or not etc.is_dir():
             raise RuntimeError_("the VE's /etc is not a directory")
-        for name, text in (("hostname", spec.hostname + "\n"),
-                           ("hosts", f"127.0.0.1 localhost\n127.0.1.1 {spec.hostname}\n")):
+        files = [("hostname", spec.hostname + "\n"), ("hosts", hosts_file(spec))]
+        if spec.nameservers or spec.searchdomain:
+            files.append(("resolv.conf", resolv_conf(spec)))
+        for name, text in files:
             target = etc / name
             # The VE's root owns this tree: never follow a link it may have planted.
             if target.is_symlink():
@@ -316,7 +421,13 @@ class Runtime:
                 f.write(text)
 
     # --- operations ------------------------------------------------------------------
-    def create(self, spec: VESpec, generation: int, log: Log, fault: Callable[[], None] = lambda: None) -> dict:
+    def create(self, spec: VESpec, generation: int, log: Log, fault: Callable[[], None] = lambda: None,
+               ident: dict | None = None) -> dict:
+        """Make the VE's disk, fill it from its template and write its identity.
+
+        ``ident`` holds the validated identity of the create job (messages.check_identity_args):
+        ``root_password_hash`` and ``ssh_keys``; host keys and machine-id are made here.
+        """
         if self.exists(spec.veid) and self.spec_file(spec.veid).exists():
             log(f"VE {spec.veid} already exists on this node")
             return {"state": self.state(spec.veid)}
@@ -324,15 +435,24 @@ class Runtime:
             raise RuntimeError_(f"id range {spec.uid_base}+{IDMAP_SIZE} is outside root's subordinate ids")
         archive, _ = template_paths(self.cfg.templates, spec.template)
         template_meta(self.cfg.templates, spec.template)  # raises if missing
-        log(f"Creating VE private area ({spec.disk // (1024 * 1024)}M ext4 image)")
-        self.make_disk(spec)
+        cloned = self.clone_disk(spec, archive, log)
+        if not cloned:
+            log(f"Creating VE private area ({spec.disk // (1024 * 1024)}M ext4 image)")
+            self.make_disk(spec)
         try:
             self.mount(spec.veid)
             fault()
-            log(f"Unpacking OS template {spec.template}")
-            _run(["tar", "--numeric-owner", "-xpf", str(archive), "-C", str(self.mountpoint(spec.veid))],
-                 timeout=600)
+            if not cloned:
+                log(f"Unpacking OS template {spec.template}")
+                _run(["tar", "--numeric-owner", "-xpf", str(archive), "-C", str(self.mountpoint(spec.veid))],
+                     timeout=600)
             self.write_identity(spec)
+            try:
+                identity.write_identity(self.mountpoint(spec.veid), hostname=spec.hostname, log=log,
+                                        password_hash=(ident or {}).get("root_password_hash"),
+                                        ssh_keys=(ident or {}).get("ssh_keys"))
+            except identity.IdentityError as e:
+                raise RuntimeError_(f"cannot write the VE's identity: {e}") from None
             self.write_config(spec)
             self.save_spec(spec, generation)
         except BaseException:
@@ -343,6 +463,27 @@ class Runtime:
                 self.umount(spec.veid)
         log(f"VE {spec.veid} created")
         return {"state": "stopped"}
+
+    def clone_disk(self, spec: VESpec, archive: Path, log: Log) -> bool:
+        """Make the VE's disk as a reflink clone of its template's golden image at the VE's
+        size (DESIGN.md, "A provisioning path"). False when the pool cannot clone or the
+        disk is smaller than the golden image: the caller then runs mkfs + tar."""
+        if not self.pool.clone_ok:
+            return False
+        try:
+            golden = self.pool.golden(spec.template, archive, spec.disk, log)
+            if golden is None:
+                return False
+            img = self.image(spec.veid)
+            tmp = img.with_suffix(".img.new")
+            tmp.unlink(missing_ok=True)
+            storage.reflink(golden, tmp)
+            os.replace(tmp, img)
+        except (storage.PoolError, OSError) as e:
+            raise RuntimeError_(f"cannot clone the VE's disk from the golden image: {e}") from None
+        log(f"Creating VE private area ({spec.disk // (1024 * 1024)}M ext4 image, reflink clone of "
+            f"{spec.template})")
+        return True
 
     def start(self, spec: VESpec, generation: int, log: Log) -> dict:
         if not self.exists(spec.veid):
@@ -357,23 +498,66 @@ class Runtime:
         self.mount(spec.veid)
         self.write_identity(spec)
         self.write_config(spec)
+        if spec.addresses:
+            log(f"Adding IP address(es): {' '.join(spec.addresses)}")
+        log(f"Setting hostname: {spec.hostname}")
         for line in describe_limits(spec):
             log(line)
+        self.clear_stale_cgroups(spec.veid)
         proc = _run(self.lxc("start", spec.veid, "-d"), check=False, timeout=60)
         if proc.returncode != 0:
             self.umount(spec.veid)
             tail = self._lxc_log_tail(spec.veid)
             raise RuntimeError_(f"lxc-start failed: {tail or proc.stderr.decode(errors='replace').strip()}")
         _run(self.lxc("wait", spec.veid, "-s", "RUNNING", "-t", "30"), timeout=40)
+        try:
+            self.apply_io_limits(spec)
+        except RuntimeError_:
+            # A VE never runs without the limits it is sold with.
+            _run(self.lxc("stop", spec.veid, "-k"), check=False, timeout=60)
+            self.umount(spec.veid)
+            raise
+        self.plumb(spec)
         log("VE start in progress...")
         return {"state": "running", "nproc": self.nproc(spec.veid) or 0}
 
+    def clear_stale_cgroups(self, veid: int) -> None:
+        """Remove the empty cgroups a killed LXC monitor left behind for a stopped VE.
+
+        LXC refuses to start a container whose fixed cgroup path (lxc.cgroup.dir.*) exists
+        ("Failed to create monitor cgroup"); rmdir only removes empty cgroups, so a live
+        one is never touched.
+        """
+        names = (f"{self.cgroup_dir}/{veid}", f"{self.cgroup_dir}.monitor/{veid}")
+        for hierarchy in CGROUP_ROOT.iterdir():
+            for name in names:
+                top = hierarchy / name
+                if not top.is_dir():
+                    continue
+                for d in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts),
+                                reverse=True) + [top]:
+                    try:
+                        d.rmdir()
+                    except OSError:
+                        pass
+
+    def plumb(self, spec: VESpec) -> None:
+        """Host-side network of a running VE (routes, shaping); idempotent."""
+        try:
+            self.net.plumb(spec.veid, list(spec.addresses), spec.rate_in, spec.rate_out)
+            if any(":" in a for a in spec.addresses):
+                self.net.skip_dad(spec.veid, self.init_pid(spec.veid), list(spec.addresses))
+        except (network.NetworkError, OSError) as e:
+            raise RuntimeError_(f"network setup failed: {e}") from None
+
     def _lxc_log_tail(self, veid: int) -> str:
+        """The first error LXC logged for this VE's last start: usually the cause."""
         try:
             lines = (self.ctdir(veid) / "lxc.log").read_text(errors="replace").strip().splitlines()
-            return lines[-1] if lines else ""
         except FileNotFoundError:
             return ""
+        errors = [line.split(" - ", 2)[-1] for line in lines if " ERROR " in line]
+        return errors[0] if errors else (lines[-1] if lines else "")
 
     def stop(self, veid: int, log: Log, timeout: int | None = None, kill: bool = False) -> dict:
         if not self.exists(veid):
@@ -394,6 +578,7 @@ class Runtime:
             log("VE was stopped")
         else:
             log(f"VE {veid} is not running")
+        self.net.unplumb(veid)
         self.umount(veid)
         return {"state": "stopped", "nproc": 0}
 
@@ -406,6 +591,7 @@ class Runtime:
         return {"state": "absent"}
 
     def _remove(self, veid: int) -> None:
+        self.net.unplumb(veid)
         self.umount(veid)
         for p in (self.image(veid), self.image(veid).with_suffix(".img.new"), self.spec_file(veid)):
             p.unlink(missing_ok=True)
@@ -426,6 +612,14 @@ class Runtime:
         running = self.is_running(spec.veid)
         if running:
             self.apply_limits(spec, old, log)
+            self.apply_io_limits(spec)
+            if old is not None and list(old.addresses) != list(spec.addresses):
+                for line in self.net.set_addresses(spec.veid, self.init_pid(spec.veid), list(old.addresses),
+                                                   list(spec.addresses)):
+                    log(line)
+            if old is None or (old.rate_in, old.rate_out) != (spec.rate_in, spec.rate_out):
+                self.net.shape(spec.veid, spec.rate_in, spec.rate_out)
+                log(f"Setting bandwidth: in {spec.rate_in or 'unlimited'}, out {spec.rate_out or 'unlimited'} bit/s")
         self.save_spec(spec, generation)
         if running:
             self.write_config(spec)

@@ -114,7 +114,18 @@ class VE(models.Model):
     swap = models.BigIntegerField(default=0)
     disk = models.BigIntegerField()
     numproc = models.PositiveIntegerField()
+    # Disk I/O throttles on the VE's own disk (vzctl --iolimit / --iopslimit); 0 = none.
+    iolimit = models.BigIntegerField(default=0)      # bytes per second
+    iopslimit = models.PositiveIntegerField(default=0)  # operations per second
+    # The addresses the node has applied; IPAddress rows are the allocations (reservations).
     addresses = models.JSONField(default=list, blank=True)
+    nameservers = models.JSONField(default=list, blank=True)
+    searchdomain = models.CharField(max_length=253, blank=True)
+    rate_in = models.BigIntegerField(default=0, help_text="bits/s to the VE, 0 = unlimited")
+    rate_out = models.BigIntegerField(default=0, help_text="bits/s from the VE, 0 = unlimited")
+    # Cumulative traffic in the VE's terms, summed across the veth counter resets of restarts:
+    # {"in_bytes", "out_bytes", "in_packets", "out_packets", "raw": {last counters seen}}.
+    traffic = models.JSONField(default=dict, blank=True)
     uid_base = models.BigIntegerField()
     generation = models.PositiveIntegerField(default=0)
     onboot = models.BooleanField(default=False)
@@ -135,13 +146,25 @@ class VE(models.Model):
     def __str__(self):
         return f"VE {self.veid}"
 
+    def with_changes(self, **changes) -> "VE":
+        """An unsaved copy with ``changes`` applied: the desired VE that a ``set`` job sends,
+        while this row keeps what the node has applied until the job succeeds."""
+        copy = VE(**{f.attname: getattr(self, f.attname) for f in VE._meta.concrete_fields})
+        copy.template = self.template
+        for k, v in changes.items():
+            setattr(copy, k, v)
+        return copy
+
     def spec(self) -> dict:
         """The VE as a node sees it (containers.messages.VESpec)."""
         return {
             "veid": self.veid, "hostname": self.hostname, "template": self.template.name,
             "memory": self.memory, "swap": self.swap, "disk": self.disk, "cpuunits": self.cpuunits,
             "cpulimit": self.cpulimit, "numproc": self.numproc, "uid_base": self.uid_base,
-            "addresses": list(self.addresses), "onboot": self.onboot,
+            "addresses": list(self.addresses), "nameservers": list(self.nameservers),
+            "searchdomain": self.searchdomain, "rate_in": self.rate_in, "rate_out": self.rate_out,
+            "onboot": self.onboot,
+            "iolimit": self.iolimit, "iopslimit": self.iopslimit,
         }
 
 
@@ -248,3 +271,34 @@ class AuditEvent(models.Model):
 
     def delete(self, *args, **kwargs):
         raise ValueError("audit events are append-only")
+
+
+class IPPool(models.Model):
+    """A range of addresses (IPv4 or IPv6) that VEs on its nodes get addresses from.
+
+    Every node serving a pool installs an ``unreachable`` route for it, so an address that is
+    not assigned to a running VE never routes off the machine.
+    """
+
+    name = models.CharField(max_length=63, unique=True)
+    network = models.CharField(max_length=64, help_text="CIDR, e.g. 198.18.0.0/24 or fd00:1::/64")
+    range_start = models.GenericIPAddressField(null=True, blank=True)
+    range_end = models.GenericIPAddressField(null=True, blank=True)
+    nodes = models.ManyToManyField(Node, related_name="pools", blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self):
+        return f"{self.name} ({self.network})"
+
+
+class IPAddress(models.Model):
+    """An address allocated from a pool to a VE. Unique fleet-wide: the database refuses a
+    second allocation of the same address whatever races happen above it."""
+
+    address = models.GenericIPAddressField(unique=True)
+    pool = models.ForeignKey(IPPool, on_delete=models.PROTECT, related_name="allocations")
+    ve = models.ForeignKey(VE, on_delete=models.CASCADE, related_name="ip_allocations")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self):
+        return self.address

@@ -155,6 +155,8 @@ HAKO_JOB_TTL = env_float("HAKO_JOB_TTL", 120.0)
 # First host id of the fleet-wide pool of VE id ranges; must match root's /etc/subuid range.
 HAKO_ID_BASE = int(os.environ.get("HAKO_ID_BASE", "1000000"))
 HAKO_ID_RANGES = int(os.environ.get("HAKO_ID_RANGES", "15000"))
+# The first VEID handed out when none is chosen (OpenVZ starts at 101).
+HAKO_FIRST_VEID = int(os.environ.get("HAKO_FIRST_VEID", "101"))
 
 CELERY_BEAT_SCHEDULE = {
     "reap-lost-nodes-and-expired-jobs": {

@@ -16,7 +16,9 @@ import pytest  # noqa: E402
 
 from tests import harness  # noqa: E402
 
-NODE = "hakotest1"
+# The node name names the VEs' cgroups (hako.<node>/<veid>): runs that share a host at the
+# same time (with their own HAKO_TEST_ROOT, database and Redis db) each need their own.
+NODE = os.environ.get("HAKO_TEST_NODE", "hakotest1")
 NODE_KEY = secrets.token_hex(32)
 BROKER = os.environ["HAKO_BROKER_URL"]
 
@@ -39,6 +41,7 @@ def stack(django_db_setup, django_db_blocker):
     import redis
     from django.db import connection
 
+    harness.lock_test_root()  # one test session per TEST_ROOT at a time; others wait
     harness.clean_leftovers()
     redis.Redis.from_url(BROKER).flushdb()
     s = connection.settings_dict
@@ -68,6 +71,10 @@ def node(stack, transactional_db):
         "info": {"templates": ["busybox"]}, "agent_instance": "", "heartbeat_seq": 0})
     OSTemplate.objects.get_or_create(name="busybox")
     yield n
+    # Detach the row from the live agent before the tables are emptied: heartbeats for an
+    # unknown node are dropped with one read, so the panel worker holds no locks that could
+    # deadlock with the TRUNCATE that ends a transactional test.
+    Node.objects.filter(pk=n.pk).update(name=f"gone-{secrets.token_hex(4)}")
     harness.remove_all_ves(stack.node_root)
 
 
@@ -94,3 +101,35 @@ def run(job, timeout: float = 60):
         lines = "\n".join(f"  {line.seq}: {line.message}" for line in job.logs.all())
         raise AssertionError(f"job {job.kind} ended {job.state}: {job.explanation}\n{lines}")
     return job
+
+
+# OS templates that take minutes to build (debian-12: debootstrap) are built once per
+# machine into this cache, which outlives the per-run node roots, and hard-linked into the
+# test node's template cache. A fresh machine builds it on first use (needs Debian's archive).
+TEMPLATE_CACHE = Path(os.environ.get("HAKO_TEST_TEMPLATE_CACHE", "/var/lib/hako-test/template-cache"))
+
+
+@pytest.fixture(scope="session")
+def debian12(stack):
+    """The debian-12 template in the test node's template cache; returns its name."""
+    import fcntl
+    import shutil
+
+    from containers.templates import build_template, template_paths
+
+    TEMPLATE_CACHE.mkdir(parents=True, exist_ok=True)
+    with open(TEMPLATE_CACHE / ".lock", "w") as lock:  # parallel test runs on one machine
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        build_template(TEMPLATE_CACHE, "debian-12", log=lambda msg: print(f"[debian-12] {msg}", flush=True))
+    cache = stack.node_root / "templates"
+    for src in template_paths(TEMPLATE_CACHE, "debian-12"):  # the archive before its metadata
+        dst = cache / src.name
+        if not dst.exists():
+            tmp = cache / f".{src.name}.tmp"
+            tmp.unlink(missing_ok=True)
+            try:
+                os.link(src, tmp)
+            except OSError:  # another filesystem
+                shutil.copy2(src, tmp)
+            os.replace(tmp, dst)
+    return "debian-12"

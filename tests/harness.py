@@ -53,9 +53,47 @@ def clean_node_root(root: Path) -> None:
                   if line.split()[1].startswith(str(root) + "/")]
         if not mounts:
             break
-        for mnt in sorted(mounts, key=len, reverse=True):
+        # Deepest first: VE disks (mnt/<veid>) live on the storage pool (pool/), which can
+        # only go once they are gone.
+        for mnt in sorted(mounts, key=lambda m: (m.count("/"), len(m)), reverse=True):
             subprocess.run(["umount", "-l", mnt], capture_output=True, timeout=60)
+        detach_loops(root)
+    detach_loops(root)
     subprocess.run(["rm", "-rf", "--one-file-system", str(root)], capture_output=True, timeout=120)
+    detach_loops(root)  # a loop device of a file rm just unlinked (a lazily unmounted pool)
+
+
+def detach_loops(root: Path) -> None:
+    """Detach the loop devices backed by files under ``root`` (VE disks, the pool's file)
+    that a killed run left attached; VE disks first, the pool file last."""
+    proc = subprocess.run(["losetup", "-l", "-n", "-O", "NAME,BACK-FILE"], capture_output=True, text=True,
+                          timeout=60)
+    prefix = str(root) + "/"
+    devs = []
+    for line in proc.stdout.splitlines():
+        parts = line.split(None, 1)
+        if len(parts) == 2 and parts[1].startswith(prefix):
+            devs.append((parts[1].endswith(".xfs") or ".xfs " in parts[1], parts[0]))
+    for _, dev in sorted(devs):
+        subprocess.run(["losetup", "-d", dev], capture_output=True, timeout=60)
+
+
+_LOCK = None
+
+
+def lock_test_root() -> None:
+    """Serialise test sessions that share TEST_ROOT (and so Redis db, database, node name
+    and VEIDs): a second session waits instead of killing the first one's processes."""
+    global _LOCK
+    import fcntl
+
+    TEST_ROOT.mkdir(parents=True, exist_ok=True)
+    _LOCK = open(TEST_ROOT / ".session.lock", "w")
+    try:
+        fcntl.flock(_LOCK, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print(f"waiting for another test session using {TEST_ROOT} ...", flush=True)
+        fcntl.flock(_LOCK, fcntl.LOCK_EX)
 
 
 def clean_leftovers() -> None:

@@ -6,6 +6,7 @@ import sys
 from io import StringIO
 
 import pytest
+from django.conf import settings
 from django.core.management import call_command
 from django.utils import timezone
 
@@ -23,14 +24,15 @@ def manage(stack, *argv):
 
 @pytest.mark.integration
 def test_vzctl_drives_a_ve_through_its_life(stack, node, tenant):
-    out = manage(stack, "vzctl", "create", "101", "--ostemplate", "busybox", "--hostname", "cli1",
+    V = str(settings.HAKO_FIRST_VEID)
+    out = manage(stack, "vzctl", "create", V, "--ostemplate", "busybox", "--hostname", "cli1",
                  "--ram", "128M", "--diskspace", "524288", "--tenant", tenant.slug)
     assert out.returncode == 0, out.stderr
-    assert "VE 101 is created" in out.stdout
-    ve = VE.objects.get(veid=101)
+    assert f"VE {V} is created" in out.stdout
+    ve = VE.objects.get(veid=int(V))
     assert ve.memory == 128 << 20 and ve.disk == 512 << 20  # bare --diskspace is KiB, as in vzctl
 
-    out = manage(stack, "vzctl", "start", "101")
+    out = manage(stack, "vzctl", "start", V)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     for expected in ("Starting VE ...", "Setting CPU units: 1000", "VE start in progress..."):
@@ -40,27 +42,27 @@ def test_vzctl_drives_a_ve_through_its_life(stack, node, tenant):
     out = manage(stack, "vzlist")
     assert out.stdout.splitlines()[0] == "      VEID      NPROC STATUS    IP_ADDR         HOSTNAME"
     row = out.stdout.splitlines()[1].split()
-    assert row[0] == "101" and int(row[1]) >= 1 and row[2:] == ["running", "-", "cli1"]
+    assert row[0] == V and int(row[1]) >= 1 and row[2:] == ["running", "-", "cli1"]
 
-    out = manage(stack, "vzctl", "exec", "101", "sh", "-c", "echo hi; exit 3")
+    out = manage(stack, "vzctl", "exec", V, "sh", "-c", "echo hi; exit 3")
     assert out.stdout == "hi\n" and out.returncode == 3
 
-    out = manage(stack, "vzctl", "status", "101")
-    assert out.stdout.strip() == "VEID 101 exist mounted running"
+    out = manage(stack, "vzctl", "status", V)
+    assert out.stdout.strip() == f"VEID {V} exist mounted running"
 
-    out = manage(stack, "vzctl", "set", "101", "--ram", "256M", "--numproc", "300", "--save")
+    out = manage(stack, "vzctl", "set", V, "--ram", "256M", "--numproc", "300", "--save")
     assert out.returncode == 0, out.stderr
     assert (stack.node_root.parent / f"node-{node.name}").exists()
-    assert open(f"/sys/fs/cgroup/pids/hako.{node.name}/101/pids.max").read().strip() == "300"
+    assert open(f"/sys/fs/cgroup/pids/hako.{node.name}/{V}/pids.max").read().strip() == "300"
 
-    out = manage(stack, "vzctl", "stop", "101")
+    out = manage(stack, "vzctl", "stop", V)
     assert out.returncode == 0 and "VE was stopped" in out.stdout
     # A job that fails prints its reason and exits non-zero: the disk vanished on the node.
-    os.unlink(stack.node_root / "images" / "101.img")
-    out = manage(stack, "vzctl", "start", "101")
+    os.unlink(stack.node_root / "images" / f"{V}.img")
+    out = manage(stack, "vzctl", "start", V)
     assert out.returncode != 0
     assert "does not exist on this node" in out.stderr
-    out = manage(stack, "vzctl", "destroy", "101")
+    out = manage(stack, "vzctl", "destroy", V)
     assert out.returncode == 0, out.stderr
     assert manage(stack, "vzlist", "-a", "-H").stdout == ""
 

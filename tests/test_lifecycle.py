@@ -4,6 +4,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from django.conf import settings
 
 from panel.models import VE, AuditEvent, Job
 from panel.services import ves as svc
@@ -23,7 +24,7 @@ def host_uid_of_init(stack, veid: int) -> int:
 def test_busybox_lifecycle_is_a_sequence_of_logged_jobs(stack, node, tenant):
     create = run(svc.ve_create(tenant=tenant, template="busybox", hostname="web1", memory=256 << 20))
     ve = VE.objects.get(pk=create.ve_id)
-    assert ve.state == "stopped" and ve.veid == 101
+    assert ve.state == "stopped" and ve.veid == settings.HAKO_FIRST_VEID
 
     start = run(svc.ve_start(ve=ve))
     ve.refresh_from_db()
@@ -53,13 +54,13 @@ def test_busybox_lifecycle_is_a_sequence_of_logged_jobs(stack, node, tenant):
     assert [j.kind for j in jobs] == ["create", "start", "exec", "set", "stop", "destroy"]
     assert all(j.state == "succeeded" and j.started_at and j.finished_at for j in jobs)
     start_log = [line.message for line in start.logs.order_by("seq")]
-    assert start_log[0].startswith("start VE 101")
+    assert start_log[0].startswith(f"start VE {ve.veid}")
     assert "Starting VE ..." in start_log and "Setting CPU units: 1000" in start_log
     assert start_log.index("Starting VE ...") < start_log.index("VE start in progress...")
     assert [line.seq for line in start.logs.order_by("seq")] == sorted(line.seq for line in start.logs.all())
     assert "VE was stopped" in [line.message for line in stop.logs.all()]
-    assert "VE 101 destroyed" in [line.message for line in destroy.logs.all()]
-    actions = list(AuditEvent.objects.filter(object_id="101").order_by("id").values_list("action", flat=True))
+    assert f"VE {ve.veid} destroyed" in [line.message for line in destroy.logs.all()]
+    actions = list(AuditEvent.objects.filter(object_id=str(ve.veid)).order_by("id").values_list("action", flat=True))
     assert actions == ["ve.create", "ve.start", "ve.exec", "ve.set", "ve.stop", "ve.destroy"]
 
 

@@ -19,7 +19,7 @@ from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from containers import messages as m
-from panel.models import VE, Job, JobLog, Node
+from panel.models import VE, IPAddress, Job, JobLog, Node
 
 from .errors import Conflict
 
@@ -109,6 +109,9 @@ def _log_line(job: Job, kind: str, message: str, seq: int | None = None, ts=None
 
 def _settle_ve_after_failure(job: Job, observed: dict) -> None:
     ve = job.ve
+    reserved = job.args.get("reserved") if job.kind == "set" else None
+    if reserved:  # an --ipadd that did not happen gives its addresses back
+        IPAddress.objects.filter(ve=ve, address__in=reserved).delete()
     state = observed.get("state")
     if job.kind == "create":
         new = VE.State.ERROR
@@ -131,6 +134,7 @@ def _apply_success(job: Job, result: dict) -> None:
     fields = {}
     if job.kind == "destroy":
         fields.update(state=VE.State.DESTROYED, destroyed_at=timezone.now(), nproc=None)
+        IPAddress.objects.filter(ve=ve).delete()  # the node has let go of them
     else:
         state = result.get("state")
         if state in ("running", "stopped"):
@@ -140,6 +144,9 @@ def _apply_success(job: Job, result: dict) -> None:
             fields["nproc"] = nproc if fields.get("state", ve.state) == "running" else None
         if job.kind == "set":
             fields.update(job.args.get("changes", {}))
+            released = job.args.get("released")
+            if released:
+                IPAddress.objects.filter(ve=ve, address__in=released).delete()
     if "state" in fields and fields["state"] != ve.state:
         fields["state_changed_at"] = timezone.now()
     if fields:
@@ -172,6 +179,11 @@ def apply_event(envelope) -> str:
         if job.is_terminal:
             return "ignored: job already finished"
         Job.objects.filter(pk=job.pk).update(last_seq=Greatest(F("last_seq"), seq))
+        lines = body.get("lines") if isinstance(body.get("lines"), list) else []
+        for item in lines[:1000]:
+            if (isinstance(item, list) and len(item) == 2 and type(item[0]) is int and 0 < item[0] <= seq
+                    and isinstance(item[1], str)):
+                _log_line(job, JobLog.Kind.LOG, item[1], item[0], ts)
         if kind == "running":
             n = Job.objects.filter(pk=job.pk, state=Job.State.PENDING).update(
                 state=Job.State.RUNNING, started_at=ts, agent_instance=str(body.get("instance", ""))[:36])
@@ -179,7 +191,8 @@ def apply_event(envelope) -> str:
             if n and job.ve_id and job.kind in TRANSIENT_STATE:
                 VE.objects.filter(pk=job.ve_id).update(state=TRANSIENT_STATE[job.kind])
         elif kind in ("log", "step"):
-            _log_line(job, JobLog.Kind.LOG if kind == "log" else JobLog.Kind.STEP, message, seq, ts)
+            if message:  # a batch of lines (above) carries no message of its own
+                _log_line(job, JobLog.Kind.LOG if kind == "log" else JobLog.Kind.STEP, message, seq, ts)
         elif kind == "succeeded":
             n = Job.objects.filter(pk=job.pk, state__in=Job.ACTIVE).update(
                 state=Job.State.SUCCEEDED, finished_at=ts, result=data)
@@ -228,6 +241,12 @@ def apply_heartbeat(envelope) -> str:
             state=Node.State.ONLINE, last_heartbeat=now, heartbeat_seq=seq, agent_instance=instance,
             capacity=body.get("capacity") if isinstance(body.get("capacity"), dict) else {},
             info=body.get("info") if isinstance(body.get("info"), dict) else {})
+        if instance != node.agent_instance:
+            # A new agent process: send it the node's configuration (pools, unreachable
+            # routes) in case it starts without the last one.
+            from .network import node_push_config
+
+            node_push_config(node=node)
         if node.agent_instance and instance != node.agent_instance:
             for job_id in Job.objects.filter(node=node, state=Job.State.RUNNING).exclude(
                     agent_instance=instance).values_list("id", flat=True):
@@ -247,10 +266,15 @@ def _apply_inventory(node: Node, inventory: list, now) -> None:
                .values_list("ve_id", flat=True))
     changed = []
     for ve in VE.objects.filter(node=node).exclude(state__in=[VE.State.DESTROYED, VE.State.CREATING]).only(
-            "id", "veid", "state", "nproc", "state_changed_at"):
+            "id", "veid", "state", "nproc", "state_changed_at", "traffic"):
+        item = seen.get(ve.veid)
+        if item is not None and isinstance(item.get("traffic"), dict):
+            total = accumulate_traffic(ve.traffic, item["traffic"])
+            if total != ve.traffic:
+                ve.traffic = total
+                changed.append(ve)
         if ve.pk in busy:
             continue
-        item = seen.get(ve.veid)
         if item is None or item.get("state") not in ("running", "stopped"):
             state, nproc = VE.State.ERROR, None
         else:
@@ -260,9 +284,33 @@ def _apply_inventory(node: Node, inventory: list, now) -> None:
             if state != ve.state:
                 ve.state_changed_at = now
             ve.state, ve.nproc = state, nproc
-            changed.append(ve)
+            if not changed or changed[-1] is not ve:
+                changed.append(ve)
     if changed:
-        VE.objects.bulk_update(changed, ["state", "nproc", "state_changed_at"])
+        VE.objects.bulk_update(changed, ["state", "nproc", "state_changed_at", "traffic"])
+
+
+TRAFFIC_KEYS = ("in_bytes", "out_bytes", "in_packets", "out_packets")
+
+
+def accumulate_traffic(total: dict, raw: dict) -> dict:
+    """Add the growth of a VE's veth counters to its running totals.
+
+    The counters restart from zero whenever the VE's veth is recreated (every start), so a
+    counter smaller than the last one seen counts in full as new traffic.
+    """
+    last = total.get("raw", {})
+    out = {k: int(total.get(k, 0)) for k in TRAFFIC_KEYS}
+    clean = {}
+    for k in TRAFFIC_KEYS:
+        v = raw.get(k)
+        if type(v) is not int or v < 0:
+            return total
+        prev = last.get(k, 0)
+        out[k] += v - prev if v >= prev else v
+        clean[k] = v
+    out["raw"] = clean
+    return out
 
 
 def reap(now=None) -> dict:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 
-from containers.messages import HOSTNAME_RE, LIMITS, MiB
+from containers.messages import HOSTNAME_RE, LIMIT_FLOORS, LIMITS, MiB, limit_ok
 
 from .errors import InvalidInput
 
@@ -55,11 +55,47 @@ def parse_int(value, *, field: str) -> int:
 
 def check_range(n: int, *, field: str) -> int:
     lo, hi = LIMITS[field]
-    if not lo <= n <= hi:
+    if not limit_ok(field, n):
         if field in ("memory", "swap", "disk"):
             raise InvalidInput(f"{field} must be between {human_size(lo) if lo else 0} and {human_size(hi)}",
                                field=field)
+        if field == "iolimit":
+            raise InvalidInput(f"iolimit must be 0 (no limit) or between {human_size(LIMIT_FLOORS[field])} "
+                               f"and {human_size(hi)} per second", field=field)
+        if field in LIMIT_FLOORS:
+            raise InvalidInput(f"{field} must be 0 (no limit) or between {LIMIT_FLOORS[field]} and {hi}",
+                               field=field)
         raise InvalidInput(f"{field} must be between {lo} and {hi}", field=field)
+    return n
+
+
+def parse_limit(value, *, field: str) -> int:
+    """Parse a numeric VE parameter: sizes (``512M``) for byte fields, whole numbers otherwise.
+
+    ``iolimit`` is bytes per second and takes sizes like ``10M`` (vzctl's --iolimit).
+    """
+    if field == "iolimit":
+        return parse_size(value, field=field)
+    return parse_int(value, field=field)
+
+
+_RATE_RE = re.compile(r"^(\d{1,12})([KMG]?)(bit|bps|b)?$", re.IGNORECASE)
+
+
+def parse_rate(value, *, field: str) -> int:
+    """A bandwidth in bits/s: ``100M`` is 100 Mbit/s (decimal units, as tc counts), 0 = none."""
+    if isinstance(value, bool):
+        raise InvalidInput(f"{field}: expected a rate like 100M", field=field)
+    if isinstance(value, int):
+        n = value
+    else:
+        m = _RATE_RE.match(str(value).strip())
+        if not m:
+            raise InvalidInput(f"{field}: {str(value)[:40]!r} is not a rate (use e.g. 100M for 100 Mbit/s)",
+                               field=field)
+        n = int(m.group(1)) * {"": 1, "K": 10**3, "M": 10**6, "G": 10**9}[m.group(2).upper()]
+    if not 0 <= n <= 100 * 10**9 or 0 < n < 8000:
+        raise InvalidInput(f"{field} must be 0 (unlimited) or between 8K and 100G bit/s", field=field)
     return n
 
 
@@ -79,4 +115,6 @@ DEFAULTS = {
     "cpuunits": 1000,
     "cpulimit": 0,
     "numproc": 512,
+    "iolimit": 0,
+    "iopslimit": 0,
 }

@@ -9,12 +9,15 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 
+from containers.messages import HOSTNAME_RE, MessageError, check_ve_address
 from panel.models import VE, Job, Node, OSTemplate, Tenant
 
 from .audit import audit
 from .errors import Conflict, InvalidInput, NotFound, Unavailable
+from .identity import identity_args, identity_audit
 from .jobs import job_create
-from .validation import DEFAULTS, check_hostname, check_range, parse_int
+from .network import allocate
+from .validation import DEFAULTS, check_hostname, check_range, parse_int, parse_limit, parse_rate
 
 IDMAP_SIZE = 65536
 EXEC_MAX_ARGS = 256
@@ -31,7 +34,7 @@ def _alloc_lock() -> None:
 
 def _next_veid() -> int:
     last = VE.objects.exclude(state=VE.State.DESTROYED).order_by("-veid").values_list("veid", flat=True).first()
-    return max(101, (last or 100) + 1)
+    return max(settings.HAKO_FIRST_VEID, (last or 0) + 1)
 
 
 def _free_uid_base() -> int:
@@ -57,17 +60,22 @@ def _pick_node(node: Node | None, template: OSTemplate) -> Node:
 
 def ve_create(*, tenant: Tenant, actor=None, template: str, hostname: str | None = None,
               veid=None, node: Node | None = None, memory=None, swap=None, disk=None, cpuunits=None,
-              cpulimit=None, numproc=None, onboot: bool = False, source: str = "") -> Job:
+              cpulimit=None, numproc=None, iolimit=None, iopslimit=None, onboot: bool = False,
+              addresses: list[str] | None = None, nameservers=None, searchdomain=None, rate_in=None,
+              rate_out=None, root_password=None, root_password_hash=None, ssh_keys=None,
+              source: str = "") -> Job:
     """Create a VE record and a ``create`` job for its node.
 
-    Sizes are bytes (parse user text with services.validation first). Unknown templates,
+    Sizes are bytes (parse user text with services.validation first); ``iolimit`` (bytes/s)
+    also takes sizes like ``10M``, ``iopslimit`` is operations/s, 0 = unlimited. Unknown templates,
     taken VEIDs, bad hostnames and out-of-range sizes are refused before anything is
     written.
     """
     values = {}
     for field, raw in (("memory", memory), ("swap", swap), ("disk", disk), ("cpuunits", cpuunits),
-                       ("cpulimit", cpulimit), ("numproc", numproc)):
-        values[field] = check_range(parse_int(raw, field=field) if raw is not None else DEFAULTS[field],
+                       ("cpulimit", cpulimit), ("numproc", numproc), ("iolimit", iolimit),
+                       ("iopslimit", iopslimit)):
+        values[field] = check_range(parse_limit(raw, field=field) if raw is not None else DEFAULTS[field],
                                     field=field)
     if veid is not None:
         veid = parse_int(veid, field="veid")
@@ -80,6 +88,12 @@ def ve_create(*, tenant: Tenant, actor=None, template: str, hostname: str | None
         raise InvalidInput(f"OS template {template[:64]!r} does not exist", field="template")
     if hostname is not None:
         hostname = check_hostname(hostname)
+    net_values = network_settings(nameservers=nameservers, searchdomain=searchdomain, rate_in=rate_in,
+                                  rate_out=rate_out)
+    # Login identity: the clear password is hashed here and travels only as a hash in the
+    # job's args, never in the VE row or its spec (services.identity).
+    ident = identity_args(root_password=root_password, root_password_hash=root_password_hash,
+                          ssh_keys=ssh_keys)
     for attempt in range(3):
         try:
             with transaction.atomic():
@@ -91,17 +105,43 @@ def ve_create(*, tenant: Tenant, actor=None, template: str, hostname: str | None
                 ve = VE.objects.create(
                     veid=the_veid, tenant=tenant, node=target, template=tmpl,
                     hostname=hostname or f"ve{the_veid}", uid_base=_free_uid_base(), onboot=onboot,
-                    state=VE.State.CREATING, **values)
-                job = job_create(kind="create", node=target, ve=ve, actor=actor)
+                    state=VE.State.CREATING, **values, **net_values)
+                ve.addresses = allocate(ve=ve, node=target, addresses=addresses)
+                if ve.addresses:
+                    VE.objects.filter(pk=ve.pk).update(addresses=ve.addresses)
+                job = job_create(kind="create", node=target, ve=ve, actor=actor, args=ident)
                 audit(action="ve.create", actor=actor, tenant=tenant, obj=ve, source=source,
                       detail={"job": str(job.id), "node": target.name, "template": tmpl.name,
-                              "hostname": ve.hostname, **values})
+                              "hostname": ve.hostname, **values, **identity_audit(ident)})
                 return job
         except IntegrityError:
             if veid is not None:
                 raise Conflict(f"VE {veid} already exists", code="veid-taken", field="veid") from None
             continue  # lost an allocation race on SQLite or a stale read; take the next one
     raise Conflict("Could not allocate a VEID; try again.")
+
+
+def network_settings(*, nameservers=None, searchdomain=None, rate_in=None, rate_out=None) -> dict:
+    """Validated DNS and bandwidth settings; only the ones given are returned."""
+    out = {}
+    if nameservers is not None:
+        if isinstance(nameservers, str):
+            nameservers = [n for n in nameservers.replace(",", " ").split() if n]
+        if not isinstance(nameservers, (list, tuple)) or len(nameservers) > 3:
+            raise InvalidInput("give at most 3 nameservers", field="nameservers")
+        try:
+            out["nameservers"] = [check_ve_address(str(n), any_ip=True) for n in nameservers]
+        except MessageError as e:
+            raise InvalidInput(f"nameserver: {e}", field="nameservers") from None
+    if searchdomain is not None:
+        domains = str(searchdomain).split()
+        if len(" ".join(domains)) > 253 or not all(HOSTNAME_RE.match(d) for d in domains):
+            raise InvalidInput("searchdomain must be domain names separated by spaces", field="searchdomain")
+        out["searchdomain"] = " ".join(d.lower() for d in domains)
+    for field, raw in (("rate_in", rate_in), ("rate_out", rate_out)):
+        if raw is not None:
+            out[field] = parse_rate(raw, field=field)
+    return out
 
 
 def _live(ve: VE) -> VE:
@@ -144,7 +184,9 @@ def ve_destroy(*, ve: VE, actor=None, source: str = "") -> Job:
     return _simple("destroy", ve, actor, source)
 
 
-SETTABLE = ("memory", "swap", "disk", "cpuunits", "cpulimit", "numproc", "hostname", "onboot")
+SETTABLE = ("memory", "swap", "disk", "cpuunits", "cpulimit", "numproc", "iolimit", "iopslimit",
+            "hostname", "onboot", "nameservers", "searchdomain", "rate_in", "rate_out")
+NETWORK_SETTINGS = ("nameservers", "searchdomain", "rate_in", "rate_out")
 
 
 def ve_set(*, ve: VE, actor=None, source: str = "", **changes) -> Job:
@@ -162,12 +204,14 @@ def ve_set(*, ve: VE, actor=None, source: str = "", **changes) -> Job:
             continue
         if field == "hostname":
             clean[field] = check_hostname(raw)
+        elif field in NETWORK_SETTINGS:
+            clean.update(network_settings(**{field: raw}))
         elif field == "onboot":
             if not isinstance(raw, bool):
                 raise InvalidInput("onboot must be yes or no", field="onboot")
             clean[field] = raw
         else:
-            clean[field] = check_range(parse_int(raw, field=field), field=field)
+            clean[field] = check_range(parse_limit(raw, field=field), field=field)
     if not clean:
         raise InvalidInput("nothing to change: give at least one parameter")
     if "disk" in clean and clean["disk"] < ve.disk:
@@ -175,11 +219,8 @@ def ve_set(*, ve: VE, actor=None, source: str = "", **changes) -> Job:
                            "create a new VE with the smaller size instead", field="disk")
     with transaction.atomic():
         locked = VE.objects.select_related("node", "tenant", "template").get(pk=_live(ve).pk)
-        desired = VE(**{f.attname: getattr(locked, f.attname) for f in VE._meta.concrete_fields})
-        for k, v in clean.items():
-            setattr(desired, k, v)
-        desired.template = locked.template
-        job = job_create(kind="set", node=locked.node, ve=desired, actor=actor, args={"changes": clean})
+        job = job_create(kind="set", node=locked.node, ve=locked.with_changes(**clean), actor=actor,
+                         args={"changes": clean})
         audit(action="ve.set", actor=actor, tenant=locked.tenant, obj=locked, source=source,
               detail={"job": str(job.id), "changes": clean})
     return job

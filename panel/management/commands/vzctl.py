@@ -8,7 +8,8 @@
     manage.py vzctl destroy 101
 
 A job that fails prints its reason and exits non-zero. Bare numbers for --diskspace are
-KiB and for --ram/--swap bytes, as vzctl reads them; suffixes K, M, G, T work everywhere.
+KiB, for --iolimit MB/s and for --ram/--swap bytes, as vzctl reads them; suffixes K, M, G, T
+work everywhere.
 """
 import argparse
 import sys
@@ -16,6 +17,7 @@ import sys
 from django.core.management.base import BaseCommand, CommandError
 
 from panel.models import Job, Node, Tenant
+from panel.services import network as net
 from panel.services import ves as svc
 from panel.services.errors import ServiceError
 from panel.services.jobs import job_wait
@@ -37,8 +39,17 @@ def _resources(p):
     p.add_argument("--cpuunits", help="CPU weight (OpenVZ default 1000)")
     p.add_argument("--cpulimit", help="CPU cap in percent of one CPU (100 = one core, 0 = none)")
     p.add_argument("--numproc", help="maximum number of processes")
+    p.add_argument("--iolimit", help="disk bandwidth limit per second, reads and writes each, "
+                   "e.g. 10M (bare numbers are MB/s as in OpenVZ; 0 = none)")
+    p.add_argument("--iopslimit", help="disk operations per second, reads and writes each (0 = none)")
     p.add_argument("--hostname")
     p.add_argument("--onboot", type=_yesno, help="start when the node agent starts: yes|no")
+    p.add_argument("--ipadd", action="append", metavar="ADDR",
+                   help="add an address (repeatable); 'auto' takes a free one from the node's pools")
+    p.add_argument("--nameserver", action="append", metavar="ADDR", help="DNS server for the VE (repeatable)")
+    p.add_argument("--searchdomain", help="DNS search domains, space separated")
+    p.add_argument("--ratein", help="bandwidth limit to the VE, bits/s (e.g. 100M; 0 = none)")
+    p.add_argument("--rateout", help="bandwidth limit from the VE, bits/s (e.g. 100M; 0 = none)")
 
 
 class Command(BaseCommand):
@@ -62,6 +73,7 @@ class Command(BaseCommand):
         st.add_argument("veid")
         _resources(st)
         st.add_argument("--save", action="store_true", help="accepted for compatibility: changes are always saved")
+        st.add_argument("--ipdel", action="append", metavar="ADDR", help="remove an address (repeatable; 'all')")
         e = sub.add_parser("exec")
         e.add_argument("veid")
         e.add_argument("--timeout", type=int, default=60)
@@ -84,9 +96,11 @@ class Command(BaseCommand):
                 node = Node.objects.filter(name=o["node"]).first()
                 if node is None:
                     raise CommandError(f"node {o['node']!r} does not exist")
+            ipadd = o["ipadd"]
+            addresses = None if ipadd is None or ipadd == ["auto"] else ipadd
             job = svc.ve_create(tenant=tenant, template=o["ostemplate"], veid=veid, node=node,
                                 hostname=o["hostname"], onboot=bool(o["onboot"]), source=source,
-                                **self.sizes(o))
+                                addresses=addresses, **self.sizes(o), **self.network(o))
             self.stdout.write(f"Creating VE private area (VE {job.ve.veid} on node {job.node.name})")
             return self.follow(job, done=f"VE {job.ve.veid} is created")
         ve = ve_by_veid(veid)
@@ -112,7 +126,17 @@ class Command(BaseCommand):
                 changes["hostname"] = o["hostname"]
             if o["onboot"] is not None:
                 changes["onboot"] = o["onboot"]
-            return self.follow(svc.ve_set(ve=ve, source=source, **changes))
+            changes.update(self.network(o))
+            if o["ipdel"]:
+                self.follow(net.ve_ipdel(ve=ve, addresses=o["ipdel"], source=source))
+                ve.refresh_from_db()
+            if o["ipadd"]:
+                auto = o["ipadd"] == ["auto"]
+                self.follow(net.ve_ipadd(ve=ve, addresses=None if auto else o["ipadd"], source=source))
+                ve.refresh_from_db()
+            if changes or not (o["ipdel"] or o["ipadd"]):
+                self.follow(svc.ve_set(ve=ve, source=source, **changes))
+            return
         if action == "exec":
             argv = o["command"]
             if argv and argv[0] == "--":
@@ -132,6 +156,16 @@ class Command(BaseCommand):
         raise CommandError(f"unknown action {action}")
 
     @staticmethod
+    def network(o) -> dict:
+        out = {}
+        if o.get("nameserver"):
+            out["nameservers"] = o["nameserver"]
+        for opt, field in (("searchdomain", "searchdomain"), ("ratein", "rate_in"), ("rateout", "rate_out")):
+            if o.get(opt) is not None:
+                out[field] = o[opt]
+        return out
+
+    @staticmethod
     def sizes(o) -> dict:
         out = {}
         if o.get("ram") is not None:
@@ -140,7 +174,9 @@ class Command(BaseCommand):
             out["swap"] = parse_size(o["swap"], field="swap")
         if o.get("diskspace") is not None:
             out["disk"] = parse_size(o["diskspace"], field="disk", default_unit="K")
-        for opt in ("cpuunits", "cpulimit", "numproc"):
+        if o.get("iolimit") is not None:
+            out["iolimit"] = parse_size(o["iolimit"], field="iolimit", default_unit="M")
+        for opt in ("cpuunits", "cpulimit", "numproc", "iopslimit"):
             if o.get(opt) is not None:
                 out[opt] = o[opt]
         return out

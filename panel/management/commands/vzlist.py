@@ -22,6 +22,9 @@ FIELDS = {
     "cpulimit": ("CPULIM", 7, lambda v: v.cpulimit),
     "numproc": ("NUMPROC", 8, lambda v: v.numproc),
     "onboot": ("ONBOOT", -6, lambda v: "yes" if v.onboot else "no"),
+    "netin": ("NETIN", 12, lambda v: v.traffic.get("in_bytes", "-")),
+    "netout": ("NETOUT", 12, lambda v: v.traffic.get("out_bytes", "-")),
+    "nameserver": ("NAMESERVER", -16, lambda v: " ".join(v.nameservers) or "-"),
 }
 DEFAULT = "veid,nproc,status,ip,hostname"
 

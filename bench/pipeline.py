@@ -1,0 +1,373 @@
+"""Job pipeline benchmark: a busybox VE through the whole pipeline versus the node's own work.
+
+    .venv/bin/python bench/pipeline.py [--runs N]      (root, after scripts/setup-host.sh)
+
+Per run it creates, starts, stops and destroys one busybox VE twice:
+
+(a) pipeline: service -> job row -> Redis -> node agent -> LXC -> signed events -> panel
+    worker -> DB, timed from the service call until the job is terminal in the database;
+(b) direct:   the same operations through ``containers.runtime.Runtime`` called in-process
+    (the lxc-* commands, mkfs and mounts the agent runs), with no pipeline around them.
+
+It prints p50/p95 of each operation for both, their ratio, the "create+start from request
+to running" figure, and the dispatch latency (Job.created_at, written at commit time by the
+panel, to Job.started_at, the node's timestamp of its "running" event; same host clock).
+
+Everything the bench uses is its own, so that it can run beside a test session: the
+PostgreSQL database ``hako_bench`` (dropped and recreated), Redis db 14 (flushed), nodes
+``hakobench1`` (agent) and ``hakobench2`` (direct) with roots and pid files under
+TEST_ROOT that the tests' ``clean_leftovers`` does not touch, and VE id ranges far from
+the tests'. Leftovers of a killed earlier run are cleaned at start; everything is stopped
+and removed at the end.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+DB_NAME = "hako_bench"
+DB_URL = f"postgres://postgres@127.0.0.1:5432/{DB_NAME}"
+BROKER = "redis://127.0.0.1:6379/14"
+NODE = "hakobench1"          # behind the pipeline
+DIRECT_NODE = "hakobench2"   # Runtime called directly
+IDMAP = 65536
+# VE id ranges inside root's /etc/subuid (1000000:1000000000), far from the tests' (which
+# allocate from 1000000 up): the pipeline's VEs from k=14000, the direct VEs at k=14008.
+PIPELINE_ID_BASE = 1_000_000 + 14_000 * IDMAP
+DIRECT_UID_BASE = 1_000_000 + 14_008 * IDMAP
+
+os.environ.update({
+    "DJANGO_SETTINGS_MODULE": "panel.settings",
+    "HAKO_DATABASE_URL": DB_URL,
+    "HAKO_BROKER_URL": BROKER,
+    "HAKO_SECRET_KEY": "bench",
+    "HAKO_DATA": "/var/lib/hako-test/bench-data",
+    "HAKO_ID_BASE": str(PIPELINE_ID_BASE),
+    "HAKO_ID_RANGES": "8",
+})
+
+from tests import harness  # noqa: E402
+
+# Not TEST_ROOT/pids nor TEST_ROOT/node-*: a test session's clean_leftovers() must not kill
+# the bench, and the bench must not touch the tests'.
+BENCH_PIDS = harness.TEST_ROOT / "bench-pids"
+PIPE_ROOT = harness.TEST_ROOT / f"bench-{NODE}"
+DIRECT_ROOT = harness.TEST_ROOT / f"bench-{DIRECT_NODE}"
+BENCH_DATA = Path(os.environ["HAKO_DATA"])
+
+TARGET_CREATE_START = 0.150  # s, p50
+TARGET_DISPATCH = 0.005      # s, p50
+OPS = ("create", "start", "stop", "destroy")
+
+
+class BenchProc(harness.Proc):
+    """harness.Proc with its pid file under BENCH_PIDS and a fresh log at every start."""
+
+    @classmethod
+    def of(cls, proc: harness.Proc, name: str) -> "BenchProc":
+        return cls(name, proc.argv, proc.env)
+
+    @property
+    def pidfile(self) -> Path:
+        return BENCH_PIDS / f"{self.name}.pid"
+
+    def start(self, extra_env: dict | None = None) -> "BenchProc":
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        self.log.unlink(missing_ok=True)  # "ready" must come from this run, not an old log
+        BENCH_PIDS.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **self.env, **(extra_env or {})}
+        with open(self.log, "ab") as logf:
+            self.popen = subprocess.Popen(self.argv, env=env, cwd=harness.REPO, stdout=logf,
+                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                          start_new_session=True)
+        self.pidfile.write_text(str(self.popen.pid))
+        return self
+
+    def kill(self) -> None:
+        super().kill()
+        self.pidfile.unlink(missing_ok=True)
+
+    def stop(self, timeout: float = 15) -> None:
+        super().stop(timeout)
+        self.pidfile.unlink(missing_ok=True)
+
+
+def kill_own_leftovers() -> None:
+    """Kill processes of a killed earlier bench run (only ours: checked by command line)."""
+    if not BENCH_PIDS.is_dir():
+        return
+    for pidfile in BENCH_PIDS.glob("*.pid"):
+        try:
+            pid = int(pidfile.read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+        except (ValueError, FileNotFoundError, ProcessLookupError):
+            cmdline = b""
+        if b"containers.agent" in cmdline or b"celery" in cmdline:
+            harness._kill_group(pid)
+            for _ in range(100):
+                if not Path(f"/proc/{pid}").exists():
+                    break
+                time.sleep(0.05)
+        pidfile.unlink(missing_ok=True)
+
+
+def reset_database(drop_only: bool = False) -> None:
+    import psycopg
+
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
+        if not drop_only:
+            conn.execute(f"CREATE DATABASE {DB_NAME}")
+
+
+def flush_redis() -> None:
+    import redis
+
+    redis.Redis.from_url(BROKER).flushdb()
+
+
+# --- statistics and output -----------------------------------------------------------
+
+
+def pct(values: list[float], p: float) -> float:
+    """Percentile with linear interpolation between closest ranks (numpy's default)."""
+    xs = sorted(values)
+    if not xs:
+        return float("nan")
+    k = (len(xs) - 1) * p / 100
+    lo = int(k)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
+
+
+def machine() -> str:
+    try:
+        lxc = subprocess.run(["lxc-start", "--version"], capture_output=True, text=True).stdout.strip()
+    except FileNotFoundError:
+        lxc = "not installed"
+    return f"nproc {os.cpu_count()}, kernel {os.uname().release}, LXC {lxc}"
+
+
+def report(pipe: dict, direct: dict, dispatch: list[float], lag: list[float], runs: int, poll: float) -> None:
+    print()
+    print(f"Hako job pipeline benchmark: busybox VE, {runs} runs (+2 warm-up), job_wait poll {poll * 1000:g} ms")
+    print(f"machine: {machine()}")
+    print()
+    print(f"{'op':<14}{'pipeline p50':>13}{'p95':>8}{'direct p50':>13}{'p95':>8}{'ratio(p50)':>12}")
+    for op in (*OPS, "create+start"):
+        p50, p95 = pct(pipe[op], 50), pct(pipe[op], 95)
+        d50, d95 = pct(direct[op], 50), pct(direct[op], 95)
+        print(f"{op:<14}{p50:>13.3f}{p95:>8.3f}{d50:>13.3f}{d95:>8.3f}{p50 / d50:>11.2f}x")
+    print("(seconds)")
+    d50, d95 = pct(dispatch, 50), pct(dispatch, 95)
+    print(f"dispatch (commit->agent running): p50 {d50 * 1000:.1f} ms  p95 {d95 * 1000:.1f} ms"
+          f"  ({len(dispatch)} jobs)")
+    print(f"event lag (node 'succeeded' -> job terminal in DB, seen by job_wait): "
+          f"p50 {pct(lag, 50) * 1000:.1f} ms  p95 {pct(lag, 95) * 1000:.1f} ms")
+    print()
+    cs = pct(pipe["create+start"], 50)
+    print("targets:")
+    print(f"  create+start p50 <= {TARGET_CREATE_START:.3f} s : {cs:.3f} s  "
+          f"{'MET' if cs <= TARGET_CREATE_START else 'MISSED'}")
+    print(f"  dispatch p50     <= {TARGET_DISPATCH * 1000:.0f} ms    : {d50 * 1000:.1f} ms  "
+          f"{'MET' if d50 <= TARGET_DISPATCH else 'MISSED'}")
+
+
+# --- the two sides -------------------------------------------------------------------
+
+
+class BenchAbort(RuntimeError):
+    pass
+
+
+def settled(job, poll: float):
+    from panel.services.jobs import job_wait
+
+    job = job_wait(job, timeout=120, poll=poll)
+    job.seen_at = time.time()  # wall clock, for the event lag (node's finished_at -> seen in DB)
+    if job.state != "succeeded":
+        lines = "\n".join(f"  {line.seq}: {line.message}" for line in job.logs.order_by("seq"))
+        raise BenchAbort(f"{job.kind} job {job.id} ended {job.state}: "
+                         f"{job.explanation or '(no explanation: timed out waiting)'}\n{lines}")
+    return job
+
+
+def pipeline_run(tenant, node, poll: float) -> tuple[dict, list, dict]:
+    from panel.models import VE
+    from panel.services import ves as svc
+
+    t0 = time.perf_counter()
+    create = settled(svc.ve_create(tenant=tenant, template="busybox", node=node), poll)
+    t1 = time.perf_counter()
+    ve = VE.objects.select_related("template").get(pk=create.ve_id)
+    start = settled(svc.ve_start(ve=ve), poll)
+    t2 = time.perf_counter()
+    stop = settled(svc.ve_stop(ve=ve), poll)
+    t3 = time.perf_counter()
+    destroy = settled(svc.ve_destroy(ve=ve), poll)
+    t4 = time.perf_counter()
+    times = {"create": t1 - t0, "start": t2 - t1, "stop": t3 - t2, "destroy": t4 - t3,
+             "create+start": t2 - t0}
+    jobs = (create, start, stop, destroy)
+    dispatch = [(j.started_at - j.created_at).total_seconds() for j in jobs]
+    lag = [j.seen_at - j.finished_at.timestamp() for j in jobs]
+    return times, (dispatch, lag), ve.spec()
+
+
+def direct_run(rt, spec) -> dict:
+    quiet = lambda msg: None  # noqa: E731
+    t0 = time.perf_counter()
+    rt.create(spec, 1, quiet)
+    t1 = time.perf_counter()
+    rt.start(spec, 2, quiet)
+    t2 = time.perf_counter()
+    rt.stop(spec.veid, quiet)
+    t3 = time.perf_counter()
+    rt.destroy(spec.veid, quiet)
+    t4 = time.perf_counter()
+    return {"create": t1 - t0, "start": t2 - t1, "stop": t3 - t2, "destroy": t4 - t3,
+            "create+start": t2 - t0}
+
+
+def direct_runtime():
+    from containers.config import AgentConfig
+    from containers.runtime import Runtime
+    from containers.templates import ensure_builtin
+
+    # Same settings as the agent harness.node_agent starts (stop timeout 10 s).
+    cfg = AgentConfig(node=DIRECT_NODE, key=secrets.token_bytes(32), broker_url=BROKER, root=DIRECT_ROOT,
+                      heartbeat_interval=0.5, concurrency=1, stop_timeout=10, fault_delay="")
+    cfg.ensure_dirs()
+    ensure_builtin(cfg.templates)
+    return Runtime(cfg)
+
+
+# --- main ----------------------------------------------------------------------------
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=20, help="measured runs (default 20)")
+    ap.add_argument("--poll", type=float, default=0.002,
+                    help="job_wait poll interval in seconds (default 0.002; the sampling error of the "
+                         "observer, not a cost of the pipeline, so keep it small)")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print("bench/pipeline.py must run as root (LXC, loop mounts)", file=sys.stderr)
+        return 2
+    if args.runs < 1:
+        ap.error("--runs must be at least 1")
+
+    # SIGTERM/SIGHUP tear down like Ctrl-C does.
+    def _term(signum, _frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+    signal.signal(signal.SIGTERM, _term)
+    signal.signal(signal.SIGHUP, _term)
+
+    procs: list[BenchProc] = []
+    print("bench: cleaning leftovers of earlier bench runs", flush=True)
+    kill_own_leftovers()
+    for root in (PIPE_ROOT, DIRECT_ROOT):
+        harness.clean_node_root(root)
+    try:
+        reset_database()
+        flush_redis()
+
+        import django
+
+        django.setup()
+        from django.core.management import call_command
+        from django.utils import timezone
+
+        from panel.models import Node, OSTemplate, Tenant
+
+        print("bench: migrating hako_bench", flush=True)
+        call_command("migrate", verbosity=0, interactive=False)
+        key = secrets.token_hex(32)
+        node = Node.objects.create(name=NODE, queue=f"node.{NODE}", key=key, state=Node.State.ONLINE,
+                                   last_heartbeat=timezone.now(), info={"templates": ["busybox"]})
+        OSTemplate.objects.create(name="busybox")
+        tenant = Tenant.objects.create(slug="bench", name="Bench")
+
+        worker_template = harness.panel_worker({"HAKO_DATABASE_URL": DB_URL, "HAKO_BROKER_URL": BROKER,
+                                                "DJANGO_SETTINGS_MODULE": "panel.settings"})
+        argv = list(worker_template.argv)
+        argv[argv.index("-n") + 1] = "hakobench-panel@%h"
+        worker = BenchProc("bench-panel-worker", argv, worker_template.env)
+        agent = BenchProc.of(harness.node_agent(NODE, key, BROKER, PIPE_ROOT), f"bench-agent-{NODE}")
+        procs += [worker, agent]
+        worker.start()
+        agent.start()
+        for p, what in ((agent, "node agent"), (worker, "panel worker")):
+            try:
+                harness.wait_for(lambda p=p: "ready" in p.log_text() or not p.alive(), 60, what=f"{what} ready")
+            except AssertionError as e:
+                raise BenchAbort(f"{e}; see {p.log}") from None
+            if not p.alive():
+                raise BenchAbort(f"{what} exited at start; see {p.log}:\n{p.log_text()[-2000:]}")
+        print("bench: panel worker and node agent ready", flush=True)
+
+        from containers.messages import VESpec
+
+        rt = direct_runtime()
+        pipe = {op: [] for op in (*OPS, "create+start")}
+        direct = {op: [] for op in (*OPS, "create+start")}
+        dispatch: list[float] = []
+        lag: list[float] = []
+        warmup = 2
+        for i in range(warmup + args.runs):
+            times, (disp, lags), spec = pipeline_run(tenant, node, args.poll)
+            # The direct VE is the same VE: same spec, its own id range and node.
+            dspec = VESpec.from_dict({**spec, "uid_base": DIRECT_UID_BASE})
+            dtimes = direct_run(rt, dspec)
+            label = "warm-up" if i < warmup else f"run {i - warmup + 1}/{args.runs}"
+            print(f"bench: {label}: pipeline " + " ".join(f"{op} {times[op]:.3f}" for op in OPS)
+                  + " | direct " + " ".join(f"{op} {dtimes[op]:.3f}" for op in OPS)
+                  + " | dispatch " + " ".join(f"{d * 1000:.1f}ms" for d in disp), flush=True)
+            if i >= warmup:
+                for op in pipe:
+                    pipe[op].append(times[op])
+                    direct[op].append(dtimes[op])
+                dispatch += disp
+                lag += lags
+        report(pipe, direct, dispatch, lag, args.runs, args.poll)
+        return 0
+    except BenchAbort as e:
+        print(f"bench: ABORTED: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as e:
+        print(f"bench: interrupted ({e or 'Ctrl-C'}), cleaning up", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second signal must not cut cleanup short
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        for p in reversed(procs):
+            p.stop()
+        for root in (PIPE_ROOT, DIRECT_ROOT):
+            harness.clean_node_root(root)
+        try:
+            from django.db import connections
+
+            connections.close_all()
+        except Exception:
+            pass
+        try:
+            reset_database(drop_only=True)
+            flush_redis()
+        except Exception as e:  # the next run recreates both anyway
+            print(f"bench: could not drop {DB_NAME} / flush Redis db 14: {e}", file=sys.stderr)
+        subprocess.run(["rm", "-rf", "--one-file-system", str(BENCH_DATA)], capture_output=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,287 @@
+"""Provisioning benchmark: busybox and debian-12 VEs from request to running, through the pipeline.
+
+    .venv/bin/python bench/provision.py [--runs N] [--debian-runs N]   (root, after make setup)
+
+Each run goes service -> job -> Redis -> node agent -> LXC -> signed events -> panel worker
+-> DB, on a node whose storage pool is an XFS loop file with reflink (the default):
+
+* busybox: ``ve_create`` then ``ve_start``, timed from the create call until the start job
+  is terminal in the database (target p50 <= 0.15 s);
+* debian-12: ``ve_create`` then ``ve_start``, timed from the create call until sshd listens
+  in the VE (port 22 in LISTEN in the VE's network namespace, read from the host through
+  /proc/<init>/net/tcp; target p50 <= 1.0 s).
+
+VEs are destroyed after each run (not timed). It also reports the one-off costs: the
+debian-12 template (debootstrap, only if the machine's template cache lacks it) and its
+golden image. Like bench/pipeline.py it owns everything it touches, so it can run beside
+a test session or that bench: database ``hako_bench_prov``, Redis db 13, node
+``hakobench3`` under TEST_ROOT/bench-hakobench3, pid files in TEST_ROOT/bench-prov-pids,
+VE id ranges from k=14100.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+DB_NAME = "hako_bench_prov"
+DB_URL = f"postgres://postgres@127.0.0.1:5432/{DB_NAME}"
+BROKER = "redis://127.0.0.1:6379/13"
+NODE = "hakobench3"
+IDMAP = 65536
+ID_BASE = 1_000_000 + 14_100 * IDMAP
+
+os.environ.update({
+    "DJANGO_SETTINGS_MODULE": "panel.settings",
+    "HAKO_DATABASE_URL": DB_URL,
+    "HAKO_BROKER_URL": BROKER,
+    "HAKO_SECRET_KEY": "bench",
+    "HAKO_DATA": "/var/lib/hako-test/bench-prov-data",
+    "HAKO_ID_BASE": str(ID_BASE),
+    "HAKO_ID_RANGES": "16",
+})
+
+from tests import harness  # noqa: E402
+
+PIDS = harness.TEST_ROOT / "bench-prov-pids"
+ROOT = harness.TEST_ROOT / f"bench-{NODE}"
+DATA = Path(os.environ["HAKO_DATA"])
+TEMPLATE_CACHE = Path(os.environ.get("HAKO_TEST_TEMPLATE_CACHE", "/var/lib/hako-test/template-cache"))
+TARGET_BUSYBOX = 0.150  # s, p50 create+start
+TARGET_DEBIAN = 1.0     # s, p50 create+start to sshd listening
+
+
+class Proc(harness.Proc):
+    """harness.Proc with its pid file under PIDS (a test session's cleanup never kills it)."""
+
+    def start(self, extra_env: dict | None = None) -> "Proc":
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        self.log.unlink(missing_ok=True)
+        PIDS.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "ab") as logf:
+            self.popen = subprocess.Popen(self.argv, env={**os.environ, **self.env, **(extra_env or {})},
+                                          cwd=harness.REPO, stdout=logf, stderr=subprocess.STDOUT,
+                                          stdin=subprocess.DEVNULL, start_new_session=True)
+        (PIDS / f"{self.name}.pid").write_text(str(self.popen.pid))
+        return self
+
+    def stop(self, timeout: float = 15) -> None:
+        if self.popen is not None and self.alive():
+            harness._kill_group(self.popen.pid, signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                harness._kill_group(self.popen.pid)
+                self.popen.wait()
+        (PIDS / f"{self.name}.pid").unlink(missing_ok=True)
+
+
+def kill_own_leftovers() -> None:
+    for pidfile in PIDS.glob("*.pid") if PIDS.is_dir() else []:
+        try:
+            pid = int(pidfile.read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (ValueError, FileNotFoundError):
+            cmdline = b""
+        if b"containers.agent" in cmdline or b"celery" in cmdline:
+            harness._kill_group(pid)
+            time.sleep(0.5)
+        pidfile.unlink(missing_ok=True)
+
+
+def reset_database(drop_only: bool = False) -> None:
+    import psycopg
+
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
+        if not drop_only:
+            conn.execute(f"CREATE DATABASE {DB_NAME}")
+
+
+def pct(values: list[float], p: float) -> float:
+    xs = sorted(values)
+    if not xs:
+        return float("nan")
+    k = (len(xs) - 1) * p / 100
+    lo, hi = int(k), min(int(k) + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
+
+
+class BenchAbort(RuntimeError):
+    pass
+
+
+def settled(job, timeout: float = 120):
+    from panel.services.jobs import job_wait
+
+    job = job_wait(job, timeout=timeout, poll=0.002)
+    if job.state != "succeeded":
+        lines = "\n".join(f"  {line.message}" for line in job.logs.order_by("seq"))
+        raise BenchAbort(f"{job.kind} job ended {job.state}: {job.explanation}\n{lines}")
+    return job
+
+
+def sshd_listening(veid: int) -> bool:
+    pid = subprocess.run(["lxc-info", "-P", str(ROOT / "lxc"), "-n", str(veid), "-p", "-H"],
+                         capture_output=True, text=True).stdout.strip()
+    for table in ("tcp", "tcp6"):
+        try:
+            rows = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
+        except (FileNotFoundError, ProcessLookupError):
+            return False
+        if any(r.split()[1].endswith(":0016") and r.split()[3] == "0A" for r in rows):
+            return True
+    return False
+
+
+def one_run(tenant, node, template: str, wait_sshd: bool) -> dict:
+    from panel.models import VE
+    from panel.services import ves as svc
+
+    t0 = time.perf_counter()
+    create = settled(svc.ve_create(tenant=tenant, template=template, node=node))
+    t1 = time.perf_counter()
+    ve = VE.objects.get(pk=create.ve_id)
+    settled(svc.ve_start(ve=ve))
+    t2 = time.perf_counter()
+    out = {"create": t1 - t0, "start": t2 - t1, "create+start": t2 - t0}
+    if wait_sshd:
+        deadline = t2 + 30
+        while not sshd_listening(ve.veid):
+            if time.perf_counter() > deadline:
+                raise BenchAbort(f"sshd did not listen in VE {ve.veid} within 30 s")
+            time.sleep(0.002)
+        t3 = time.perf_counter()
+        out.update({"start->sshd": t3 - t1, "create->sshd": t3 - t0})
+    settled(svc.ve_destroy(ve=ve))
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=20, help="busybox runs (default 20)")
+    ap.add_argument("--debian-runs", type=int, default=10, help="debian-12 runs (default 10; 0 skips)")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print("bench/provision.py must run as root (LXC, loop mounts)", file=sys.stderr)
+        return 2
+
+    def _term(signum, _frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+    signal.signal(signal.SIGTERM, _term)
+    signal.signal(signal.SIGHUP, _term)
+    procs: list[Proc] = []
+    kill_own_leftovers()
+    harness.clean_node_root(ROOT)
+    try:
+        reset_database()
+        import redis
+
+        redis.Redis.from_url(BROKER).flushdb()
+        import django
+
+        django.setup()
+        from django.core.management import call_command
+        from django.utils import timezone
+
+        from panel.models import Node, OSTemplate, Tenant
+        from panel.services import templates as tsvc
+
+        call_command("migrate", verbosity=0, interactive=False)
+        key = secrets.token_hex(32)
+        node = Node.objects.create(name=NODE, queue=f"node.{NODE}", key=key, state=Node.State.ONLINE,
+                                   last_heartbeat=timezone.now(), info={"templates": ["busybox"]})
+        OSTemplate.objects.create(name="busybox")
+        tenant = Tenant.objects.create(slug="bench", name="Bench")
+        w = harness.panel_worker({"HAKO_DATABASE_URL": DB_URL, "HAKO_BROKER_URL": BROKER,
+                                  "DJANGO_SETTINGS_MODULE": "panel.settings"})
+        argv = list(w.argv)
+        argv[argv.index("-n") + 1] = "hakobench-prov@%h"
+        a = harness.node_agent(NODE, key, BROKER, ROOT)
+        worker, agent = Proc("bench-prov-worker", argv, w.env), Proc(f"bench-agent-{NODE}", a.argv, a.env)
+        procs += [worker, agent]
+        worker.start()
+        agent.start()
+        for p in (agent, worker):
+            harness.wait_for(lambda p=p: "ready" in p.log_text() or not p.alive(), 120, what=f"{p.name} ready")
+            if not p.alive():
+                raise BenchAbort(f"{p.name} exited at start; see {p.log}")
+        print(f"bench: machine: nproc {os.cpu_count()}, kernel {os.uname().release}", flush=True)
+
+        results = {"busybox": [], "debian-12": []}
+        for i in range(2 + args.runs):
+            r = one_run(tenant, node, "busybox", wait_sshd=False)
+            if i >= 2:
+                results["busybox"].append(r)
+            print(f"bench: busybox {'warm-up' if i < 2 else f'run {i - 1}'}: "
+                  + " ".join(f"{k} {v:.3f}" for k, v in r.items()), flush=True)
+
+        if args.debian_runs:
+            cache = ROOT / "templates"
+            for f in ("debian-12.tar", "debian-12.json"):  # the machine's cache, if it has it
+                if (TEMPLATE_CACHE / f).exists() and not (cache / f).exists():
+                    os.link(TEMPLATE_CACHE / f, cache / f)
+            t = time.perf_counter()
+            job = settled(tsvc.template_build(node=node, name="debian-12"), timeout=3600)
+            print(f"bench: template_build debian-12: {time.perf_counter() - t:.1f} s "
+                  f"(debootstrap: {'yes' if job.result.get('built') else 'no, cached'}; golden {job.result.get('golden')})",
+                  flush=True)
+            for line in job.logs.order_by("seq"):
+                if "Golden image" in line.message or "built:" in line.message:
+                    print(f"bench:   {line.message}")
+            for i in range(1 + args.debian_runs):
+                r = one_run(tenant, node, "debian-12", wait_sshd=True)
+                if i >= 1:
+                    results["debian-12"].append(r)
+                print(f"bench: debian-12 {'warm-up' if i < 1 else f'run {i}'}: "
+                      + " ".join(f"{k} {v:.3f}" for k, v in r.items()), flush=True)
+
+        print()
+        print("Hako provisioning benchmark (seconds, through the pipeline)")
+        print(f"{'template':<11}{'measure':<14}{'p50':>8}{'p95':>8}")
+        for tmpl, runs in results.items():
+            for k in (runs[0] if runs else {}):
+                xs = [r[k] for r in runs]
+                print(f"{tmpl:<11}{k:<14}{pct(xs, 50):>8.3f}{pct(xs, 95):>8.3f}")
+        print()
+        bb = pct([r["create+start"] for r in results["busybox"]], 50)
+        print(f"target busybox create+start p50 <= {TARGET_BUSYBOX:.3f} s: {bb:.3f} s "
+              f"{'MET' if bb <= TARGET_BUSYBOX else 'MISSED'}")
+        if results["debian-12"]:
+            db = pct([r["create->sshd"] for r in results["debian-12"]], 50)
+            print(f"target debian-12 create+boot to sshd p50 <= {TARGET_DEBIAN:.1f} s: {db:.3f} s "
+                  f"{'MET' if db <= TARGET_DEBIAN else 'MISSED'}")
+        return 0
+    except BenchAbort as e:
+        print(f"bench: ABORTED: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as e:
+        print(f"bench: interrupted ({e}), cleaning up", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        for p in reversed(procs):
+            p.stop()
+        harness.clean_node_root(ROOT)
+        try:
+            from django.db import connections
+
+            connections.close_all()
+            reset_database(drop_only=True)
+        except Exception as e:
+            print(f"bench: could not drop {DB_NAME}: {e}", file=sys.stderr)
+        subprocess.run(["rm", "-rf", "--one-file-system", str(DATA)], capture_output=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,317 @@
+"""venet-style routed networking for VEs, on the host side, through pyroute2.
+
+Each VE gets a veth pair: ``venet0`` inside carries the VE's addresses as /32 and /128 with
+a default route to a link-local gateway (169.254.0.1, fe80::1); ``vz<veid>`` stays on the
+host. LXC's veth *router* mode creates the pair and, at every start (also a reboot from
+inside the VE), the host routes to the VE's addresses and the proxy ARP/NDP entries for
+the gateways, in C, before the VE's init runs. Everything the panel changes live goes
+through pyroute2 here: address add/remove, host routes, traffic counters and shaping.
+
+Host-side rules that the VE's root cannot undo:
+
+* anti-spoofing: one nftables rule drops any packet arriving from a ``vz*`` interface
+  whose source address does not route back through that same interface (strict reverse
+  path), so a VE can only send from the addresses routed to it;
+* shaping: traffic to the VE is shaped by a TBF on ``vz<veid>``; traffic from the VE is
+  redirected (mirred) from the ingress of ``vz<veid>`` to an IFB device ``vzi<veid>`` and
+  shaped there. These kernels load no modules: TBF, ingress, u32, mirred and IFB are
+  built in (police and gact are not, hence IFB);
+* pools never leak: every pool a node serves gets an ``unreachable`` route, so an address
+  of a stopped or unassigned VE never routes off the machine.
+"""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import subprocess
+import threading
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+log = logging.getLogger("hako.network")
+
+GATEWAY4 = "169.254.0.1"
+GATEWAY6 = "fe80::1"
+ETH_P_ALL = 0x0003
+IFA_F_NODAD = 0x02
+NTF_PROXY = 0x08
+NFT_TABLE = "hako_antispoof"
+
+
+class NetworkError(RuntimeError):
+    pass
+
+
+def host_ifname(veid: int) -> str:
+    return f"vz{veid}"
+
+
+def ifb_ifname(veid: int) -> str:
+    return f"vzi{veid}"
+
+
+def lxc_config_lines(veid: int, addresses: list[str]) -> list[str]:
+    """LXC keys for the VE's venet0 (every value derived from validated addresses)."""
+    lines = [
+        "lxc.net.0.type = veth",
+        "lxc.net.0.veth.mode = router",
+        f"lxc.net.0.veth.pair = {host_ifname(veid)}",
+        "lxc.net.0.name = venet0",
+        "lxc.net.0.flags = up",
+    ]
+    v4 = [a for a in addresses if ipaddress.ip_address(a).version == 4]
+    v6 = [a for a in addresses if ipaddress.ip_address(a).version == 6]
+    lines += [f"lxc.net.0.ipv4.address = {a}/32" for a in v4]
+    lines += [f"lxc.net.0.ipv6.address = {a}/128" for a in v6]
+    # A gateway only for a family the VE has addresses of (LXC aborts the start otherwise);
+    # set_addresses adds the other one live when a first address of that family arrives.
+    if v4:
+        lines.append(f"lxc.net.0.ipv4.gateway = {GATEWAY4}")
+    if v6:
+        lines.append(f"lxc.net.0.ipv6.gateway = {GATEWAY6}")
+    return lines
+
+
+def _host_prefix(addr: str) -> str:
+    return f"{addr}/{32 if ipaddress.ip_address(addr).version == 4 else 128}"
+
+
+def _in_ve(pid: int, *argv: str, check: bool = True) -> str:
+    """Run an iproute2 command in a VE's network namespace (argv only, no shell).
+
+    pyroute2's NetNS forks a helper process and signals it on close, which does not mix
+    with the node agent's prefork pool (a pool worker was seen dying of SIGTERM); nsenter
+    keeps the VE-side changes in a plain child process.
+    """
+    proc = subprocess.run(["nsenter", f"--net=/proc/{pid}/ns/net", "--", *argv], capture_output=True,
+                          text=True, timeout=30, cwd="/")
+    if check and proc.returncode != 0:
+        raise NetworkError(f"{' '.join(argv[:3])} in the VE failed: {proc.stderr.strip()[:200]}")
+    return proc.stdout
+
+
+def _readd_nodad(ipr, index: int, addresses: list[tuple[str, int]]) -> None:
+    """Re-add ``addresses`` and the interface's link-local address with IFA_F_NODAD."""
+    targets = list(addresses) + [
+        (rec.get_attr("IFA_ADDRESS"), rec["prefixlen"]) for rec in ipr.get_addr(index=index, family=10)
+        if (rec.get_attr("IFA_ADDRESS") or "").startswith("fe80:")]
+    for a, plen in targets:
+        try:
+            ipr.addr("del", index=index, address=a, prefixlen=plen)
+        except NetlinkError:
+            pass
+        ipr.addr("add", index=index, address=a, prefixlen=plen, flags=IFA_F_NODAD)
+
+
+class HostNetwork:
+    """Host-side network operations of one node agent."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+
+    # --- node level --------------------------------------------------------------------
+    def prepare_node(self, pools: list[str]) -> dict:
+        """Forwarding on, the anti-spoofing rule in place, an unreachable route per pool."""
+        for key in ("net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding"):
+            with open(f"/proc/sys/{key}", "w") as f:
+                f.write("1")
+        self.install_antispoof()
+        with IPRoute() as ipr:
+            for pool in pools:
+                net = ipaddress.ip_network(pool, strict=False)
+                try:
+                    ipr.route("replace", dst=str(net.network_address), dst_len=net.prefixlen,
+                              family=10 if net.version == 6 else 2, type="unreachable")
+                except NetlinkError as e:
+                    raise NetworkError(f"cannot install unreachable route for {net}: {e}") from None
+        return {"pools": pools}
+
+    @staticmethod
+    def install_antispoof() -> None:
+        """One static nftables rule: strict reverse-path check on every VE interface.
+
+        Built from constants only; ``nft -f -`` reads it from stdin (no shell involved).
+        """
+        ruleset = (
+            f"table inet {NFT_TABLE} {{}}\n"
+            f"delete table inet {NFT_TABLE}\n"
+            f"table inet {NFT_TABLE} {{\n"
+            "  chain prerouting {\n"
+            "    type filter hook prerouting priority raw; policy accept;\n"
+            '    iifname "vz*" ip6 saddr :: accept\n'
+            '    iifname "vz*" fib saddr . iif oif missing counter drop\n'
+            "  }\n"
+            "}\n"
+        )
+        proc = subprocess.run(["nft", "-f", "-"], input=ruleset.encode(), capture_output=True, timeout=30)
+        if proc.returncode != 0:
+            raise NetworkError(f"nft failed: {proc.stderr.decode(errors='replace').strip()}")
+
+    # --- per VE ------------------------------------------------------------------------
+    def plumb(self, veid: int, addresses: list[str], rate_in: int, rate_out: int) -> None:
+        """Make the host side match the spec: routes to each address and shaping.
+
+        Idempotent; runs after every start and whenever the VE's veth reappears.
+        """
+        ifname = host_ifname(veid)
+        with IPRoute() as ipr:
+            idx = ipr.link_lookup(ifname=ifname)
+            if not idx:
+                raise NetworkError(f"host interface {ifname} is missing")
+            for addr in addresses:
+                net = ipaddress.ip_network(_host_prefix(addr))
+                ipr.route("replace", dst=str(net.network_address), dst_len=net.prefixlen, oif=idx[0],
+                          family=10 if net.version == 6 else 2, scope=253 if net.version == 4 else 0)
+        # Proxy ARP/NDP answers (for the VE's gateways) are delayed up to proxy_delay by
+        # default (0.8 s); on a point-to-point veth there is nothing to wait for.
+        for family in ("ipv4", "ipv6"):
+            try:
+                with open(f"/proc/sys/net/{family}/neigh/{ifname}/proxy_delay", "w") as f:
+                    f.write("0")
+            except FileNotFoundError:
+                pass
+        self.shape(veid, rate_in, rate_out)
+
+    @staticmethod
+    def skip_dad(veid: int, pid: int, addresses: list[str]) -> None:
+        """Re-add the VE's IPv6 addresses, and the link-local addresses on both ends of
+        its veth, without duplicate address detection.
+
+        DAD means nothing on a point-to-point veth whose addresses the panel allocated
+        uniquely, and it holds addresses "tentative" for a second or two after every start:
+        neighbour discovery over the veth waits and the first packets stall. LXC cannot add
+        addresses with IFA_F_NODAD, so we do.
+        """
+        v6 = [a for a in addresses if ipaddress.ip_address(a).version == 6]
+        listing = _in_ve(pid, "ip", "-6", "-o", "addr", "show", "dev", "venet0", "scope", "link")
+        inner_ll = [t[t.index("inet6") + 1] for t in (line.split() for line in listing.splitlines()) if "inet6" in t]
+        for a in [f"{x}/128" for x in v6] + inner_ll:
+            _in_ve(pid, "ip", "-6", "addr", "del", a, "dev", "venet0", check=False)
+            _in_ve(pid, "ip", "-6", "addr", "add", a, "dev", "venet0", "nodad")
+        with IPRoute() as ipr:
+            for idx in ipr.link_lookup(ifname=host_ifname(veid)):
+                _readd_nodad(ipr, idx, [])
+
+    def unplumb(self, veid: int) -> None:
+        """Remove what outlives a stopped VE's veth (the IFB device); routes die with it."""
+        with IPRoute() as ipr:
+            for name in (ifb_ifname(veid), host_ifname(veid)):
+                for idx in ipr.link_lookup(ifname=name):
+                    try:
+                        ipr.link("del", index=idx)
+                    except NetlinkError:
+                        pass
+
+    def shape(self, veid: int, rate_in: int, rate_out: int) -> None:
+        """Bandwidth limits in bits/s (0 = none): to the VE on vz<veid>, from it on the IFB."""
+        ifname, ifb = host_ifname(veid), ifb_ifname(veid)
+        with IPRoute() as ipr:
+            (idx,) = ipr.link_lookup(ifname=ifname) or (None,)
+            if idx is None:
+                raise NetworkError(f"host interface {ifname} is missing")
+            for handle, parent in ((0x10000, 0xFFFFFFFF), (0xFFFF0000, 0xFFFFFFF1)):  # root, ingress
+                try:
+                    ipr.tc("del", index=idx, handle=handle, parent=parent)
+                except NetlinkError:
+                    pass  # nothing to remove
+            for i in ipr.link_lookup(ifname=ifb):
+                ipr.link("del", index=i)
+            if rate_in:
+                ipr.tc("add", "tbf", idx, handle=0x10000, rate=f"{rate_in}bit",
+                       burst=max(16 * 1024, rate_in // 8 // 50), latency="50ms")
+            if rate_out:
+                ipr.link("add", ifname=ifb, kind="ifb")
+                (ifb_idx,) = ipr.link_lookup(ifname=ifb)
+                ipr.link("set", index=ifb_idx, state="up")
+                ipr.tc("add", "tbf", ifb_idx, handle=0x10000, rate=f"{rate_out}bit",
+                       burst=max(16 * 1024, rate_out // 8 // 50), latency="50ms")
+                ipr.tc("add", "ingress", idx, 0xFFFF0000)
+                ipr.tc("add-filter", "u32", idx, parent=0xFFFF0000, protocol=ETH_P_ALL, prio=10,
+                       keys=["0x0/0x0+0"], target=0x10001,
+                       action={"kind": "mirred", "direction": "egress", "action": "redirect",
+                               "ifindex": ifb_idx})
+
+    def set_addresses(self, veid: int, pid: int, old: list[str], new: list[str]) -> list[str]:
+        """Add and remove addresses live on a running VE: inside on venet0, routes outside."""
+        added = [a for a in new if a not in old]
+        removed = [a for a in old if a not in new]
+        ifname = host_ifname(veid)
+        for a in removed:
+            _in_ve(pid, "ip", "addr", "del", _host_prefix(a), "dev", "venet0", check=False)
+        for a in added:
+            extra = ["nodad"] if ":" in a else []
+            _in_ve(pid, "ip", "addr", "replace", _host_prefix(a), "dev", "venet0", *extra)
+        for version, gateway in ((4, GATEWAY4), (6, GATEWAY6)):
+            had = any(ipaddress.ip_address(a).version == version for a in old)
+            has = any(ipaddress.ip_address(a).version == version for a in new)
+            if has and not had:  # the family's first address: the gateway LXC did not set up
+                flag = "-4" if version == 4 else "-6"
+                if version == 4:
+                    _in_ve(pid, "ip", "-4", "route", "replace", gateway, "dev", "venet0", "scope", "link")
+                _in_ve(pid, "ip", flag, "route", "replace", "default", "via", gateway, "dev", "venet0")
+                with IPRoute() as ipr:
+                    for idx in ipr.link_lookup(ifname=ifname):
+                        try:
+                            ipr.neigh("add", dst=gateway, ifindex=idx, flags=NTF_PROXY,
+                                      family=2 if version == 4 else 10)
+                        except NetlinkError as e:
+                            if e.code != 17:
+                                raise
+        with IPRoute() as ipr:
+            (idx,) = ipr.link_lookup(ifname=ifname) or (None,)
+            for a in removed:
+                net = ipaddress.ip_network(_host_prefix(a))
+                try:  # the kernel matches scope and device as they were added
+                    ipr.route("del", dst=str(net.network_address), dst_len=net.prefixlen, oif=idx,
+                              family=10 if net.version == 6 else 2, scope=253 if net.version == 4 else 0)
+                except NetlinkError:
+                    pass
+            if idx is not None:
+                for a in added:
+                    net = ipaddress.ip_network(_host_prefix(a))
+                    ipr.route("replace", dst=str(net.network_address), dst_len=net.prefixlen, oif=idx,
+                              family=10 if net.version == 6 else 2, scope=253 if net.version == 4 else 0)
+        return [f"Adding IP address(es): {' '.join(added)}"] * bool(added) + \
+               [f"Deleting IP address(es): {' '.join(removed)}"] * bool(removed)
+
+    @staticmethod
+    def ifindex(veid: int) -> int | None:
+        with IPRoute() as ipr:
+            found = ipr.link_lookup(ifname=host_ifname(veid))
+        return found[0] if found else None
+
+    @staticmethod
+    def counters() -> dict[int, dict]:
+        """Traffic of every VE from its host-side veth, in the VE's terms (host rx = VE out)."""
+        out = {}
+        with IPRoute() as ipr:
+            for link in ipr.get_links():
+                name = link.get_attr("IFLA_IFNAME") or ""
+                if not (name.startswith("vz") and name[2:].isdigit()):
+                    continue
+                s = link.get_attr("IFLA_STATS64") or {}
+                out[int(name[2:])] = {"in_bytes": s.get("tx_bytes", 0), "out_bytes": s.get("rx_bytes", 0),
+                                      "in_packets": s.get("tx_packets", 0), "out_packets": s.get("rx_packets", 0)}
+        return out
+
+    def watch_links(self, on_new_link, stop: threading.Event) -> None:
+        """Call ``on_new_link(veid)`` whenever a ``vz<veid>`` interface appears (a VE
+        started, also by rebooting itself), so shaping is re-applied at every start."""
+        with IPRoute() as ipr:
+            ipr.bind()
+            while not stop.is_set():
+                try:
+                    msgs = ipr.get()
+                except Exception:
+                    log.exception("netlink watch failed")
+                    return
+                for msg in msgs:
+                    if msg.get("event") != "RTM_NEWLINK":
+                        continue
+                    name = msg.get_attr("IFLA_IFNAME") or ""
+                    if name.startswith("vz") and name[2:].isdigit():
+                        try:
+                            on_new_link(int(name[2:]))
+                        except Exception:
+                            log.exception("re-plumbing %s failed", name)

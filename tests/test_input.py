@@ -135,3 +135,17 @@ def test_vzctl_prints_a_clear_error_and_creates_nothing(idle_node, tenant):
 def test_errors_are_service_errors_with_codes():
     assert issubclass(InvalidInput, ServiceError) and InvalidInput.status == 400
     assert Conflict.status == 409
+
+
+def test_a_pending_job_can_be_canceled_once_and_frees_the_ve(idle_node, tenant):
+    from panel.services.jobs import job_cancel
+
+    job = svc.ve_create(tenant=tenant, template="busybox")
+    Job.objects.filter(pk=job.pk).update(state="succeeded")
+    start = svc.ve_start(ve=job.ve)
+    assert job_cancel(job=start) is True
+    assert job_cancel(job=start) is False  # one effect
+    start.refresh_from_db()
+    assert start.state == "canceled" and "nothing was changed" in start.explanation
+    svc.ve_stop(ve=job.ve)  # the VE is no longer busy
+    assert AuditEvent.objects.filter(action="job.cancel").count() == 1

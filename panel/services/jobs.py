@@ -85,6 +85,30 @@ def _ts(epoch) -> datetime:
         return timezone.now()
 
 
+def job_cancel(*, job: Job, actor=None, source: str = "") -> bool:
+    """Cancel a job that no node has started yet.
+
+    The transition is conditional on ``pending``; the node is told through Celery's revoke
+    so that it drops the message when it arrives. A job already running cannot be
+    canceled here (its node is changing the VE): wait for it, or for the reaper.
+    """
+    from .audit import audit
+
+    with transaction.atomic():
+        n = Job.objects.filter(pk=job.pk, state=Job.State.PENDING).update(
+            state=Job.State.CANCELED, finished_at=timezone.now(),
+            explanation="Canceled before a node started it; nothing was changed.")
+        if not n:
+            return False
+        job.refresh_from_db()
+        audit(action="job.cancel", actor=actor, tenant=job.tenant, obj=job, source=source,
+              detail={"kind": job.kind})
+        if job.kind == "create" and job.ve_id:
+            VE.objects.filter(pk=job.ve_id).update(state=VE.State.ERROR)
+    transaction.on_commit(lambda: current_app.control.revoke(str(job.pk)))
+    return True
+
+
 def job_fail(job_id, *, error: str, explanation: str, observed: dict | None = None) -> bool:
     """Fail an active job (conditional on it still being active) and settle its VE."""
     with transaction.atomic():

@@ -2,7 +2,7 @@
 PYTHON := .venv/bin/python
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test bench
+.PHONY: help setup run test bench bench-provision
 
 help:
 	@echo "Hako make targets:"
@@ -10,6 +10,7 @@ help:
 	@echo "  run    the embedded default: panel, workers, beat and a local node agent"
 	@echo "  test   the test suite (real LXC, Redis, Celery, PostgreSQL); args: ARGS=..."
 	@echo "  bench  the job pipeline benchmark (bench/pipeline.py), reports figures"
+	@echo "  bench-provision  busybox and debian-12 create+start p50/p95 (bench/provision.py)"
 
 setup:
 	bash scripts/setup-host.sh
@@ -22,3 +23,6 @@ test: setup
 
 bench: setup
 	$(PYTHON) bench/pipeline.py
+
+bench-provision: setup
+	$(PYTHON) bench/provision.py $(ARGS)

@@ -308,7 +308,7 @@ class Runtime:
         # file and then failed to resize, and a retry must finish the job, not skip it.
         block, blocks = _ext4_geometry(loopdev or str(img))
         if spec.disk < block * blocks:
-            raise RuntimeError_("shrinking a disk is not supported by this operation")
+            return self.shrink_disk(spec, log, mounted)
         if block * (blocks + 1) > spec.disk:
             return
         if mounted and not has_capability(CAP_SYS_RESOURCE):
@@ -327,6 +327,21 @@ class Runtime:
         else:
             _run(["e2fsck", "-f", "-p", str(img)], check=False, timeout=600)
             _run(["resize2fs", str(img)], timeout=600)
+
+    def shrink_disk(self, spec: VESpec, log: Log, mounted: bool) -> None:
+        """Shrink a stopped VE's disk, if its data fits: resize2fs refuses otherwise and the
+        image is only cut after the filesystem has been shrunk, so nothing is lost."""
+        if mounted or self.is_running(spec.veid):
+            raise RuntimeError_("a disk can only shrink while its VE is stopped")
+        img = self.image(spec.veid)
+        log(f"Shrinking disk to {spec.disk // (1024 * 1024)}M")
+        _run(["e2fsck", "-f", "-p", str(img)], check=False, timeout=600)
+        proc = _run(["resize2fs", str(img), f"{spec.disk // 1024}K"], check=False, timeout=1800)
+        if proc.returncode != 0:
+            raise RuntimeError_("the VE's data does not fit in the smaller disk; nothing was changed "
+                                f"({proc.stderr.decode(errors='replace').strip().splitlines()[-1:]})")
+        with open(img, "r+b") as f:
+            f.truncate(spec.disk)
 
     def disk_devnum(self, veid: int) -> str:
         """``MAJ:MIN`` of the VE's own disk while it is mounted (its loop device)."""

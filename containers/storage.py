@@ -143,7 +143,9 @@ class Pool:
             os.replace(tmp, f)
             log.info("storage pool: made %s (XFS, reflink, %d GiB sparse)", f, size >> 30)
         self.dir.mkdir(exist_ok=True)
-        _run(["mount", "-t", "xfs", "-o", "loop,noatime", str(f), str(self.dir)])
+        # discard: blocks the pool frees (a destroyed VE's disk) become holes in the loop
+        # file again, so the host's filesystem gets its space back.
+        _run(["mount", "-t", "xfs", "-o", "loop,noatime,discard", str(f), str(self.dir)])
         log.info("storage pool: mounted %s at %s", f, self.dir)
 
     def _link_images(self) -> bool:

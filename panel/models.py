@@ -129,6 +129,8 @@ class VE(models.Model):
     uid_base = models.BigIntegerField()
     generation = models.PositiveIntegerField(default=0)
     onboot = models.BooleanField(default=False)
+    # The plan the VE was created from or last changed to (null: custom values).
+    plan = models.ForeignKey("Plan", on_delete=models.PROTECT, related_name="ves", null=True, blank=True)
     nproc = models.PositiveIntegerField(null=True, blank=True)
     state_changed_at = models.DateTimeField(auto_now_add=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -243,6 +245,16 @@ class JobLog(models.Model):
         ordering = ["seq"]
 
 
+class AppendOnlyQuerySet(models.QuerySet):
+    """A queryset that refuses bulk updates and deletes: the rows it manages are history."""
+
+    def update(self, **kwargs):
+        raise ValueError(f"{self.model.__name__} rows are append-only")
+
+    def delete(self):
+        raise ValueError(f"{self.model.__name__} rows are append-only")
+
+
 class AuditEvent(models.Model):
     """Append-only record of a privileged action, written in the same transaction as it.
 
@@ -261,8 +273,11 @@ class AuditEvent(models.Model):
     source = models.CharField(max_length=64, blank=True)
     detail = models.JSONField(default=dict, blank=True)
 
+    objects = AppendOnlyQuerySet.as_manager()
+
     class Meta:
         ordering = ["-ts", "-id"]
+        indexes = [models.Index(fields=["tenant", "-ts"], name="audit_tenant_ts")]
 
     def save(self, *args, **kwargs):
         if self.pk is not None:
@@ -302,3 +317,167 @@ class IPAddress(models.Model):
 
     def __str__(self):
         return self.address
+
+
+class Plan(models.Model):
+    """A named bundle of VE resources that admins sell (OpenVZ's "sample configs").
+
+    A VE created from a plan takes its values; ``addresses`` is how many addresses such a
+    VE gets at create, ``bandwidth`` its rate limit each way in bits/s (0 = unlimited).
+    A disabled plan stays on the VEs that use it but is not offered for new ones.
+    """
+
+    name = models.SlugField(max_length=63, unique=True)
+    description = models.CharField(max_length=200, blank=True)
+    memory = models.BigIntegerField()
+    swap = models.BigIntegerField(default=0)
+    disk = models.BigIntegerField()
+    cpuunits = models.PositiveIntegerField(default=1000)
+    cpulimit = models.PositiveIntegerField(default=0)
+    numproc = models.PositiveIntegerField(default=512)
+    addresses = models.PositiveIntegerField(default=1)
+    bandwidth = models.BigIntegerField(default=0, help_text="bits/s each way, 0 = unlimited")
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self):
+        return self.name
+
+
+class TenantQuota(models.Model):
+    """A tenant's limits: one row per tenant, the row that quota checks lock.
+
+    ``None`` means unlimited, 0 means none allowed. Usage is never stored: it is computed
+    from the tenant's live VEs, their pending resizes and their address allocations
+    (services.quotas), in the same transaction that holds this row's lock, so a check and
+    the reservation it guards cannot be separated by a concurrent request. ``version``
+    grows with every change; a quota request remembers the version it was made against.
+    """
+
+    tenant = models.OneToOneField(Tenant, on_delete=models.CASCADE, related_name="quota")
+    max_ves = models.PositiveIntegerField(null=True, blank=True)
+    memory = models.BigIntegerField(null=True, blank=True)
+    disk = models.BigIntegerField(null=True, blank=True)
+    cpuunits = models.BigIntegerField(null=True, blank=True)
+    addresses = models.PositiveIntegerField(null=True, blank=True)
+    backups = models.PositiveIntegerField(null=True, blank=True)
+    version = models.PositiveIntegerField(default=1)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    LIMIT_FIELDS = ("max_ves", "memory", "disk", "cpuunits", "addresses", "backups")
+
+    def limits(self) -> dict:
+        return {f: getattr(self, f) for f in self.LIMIT_FIELDS}
+
+    def __str__(self):
+        return f"quota of {self.tenant_id}"
+
+
+class QuotaRequest(models.Model):
+    """A tenant's request for higher limits, decided by a staff admin who is not the requester.
+
+    ``amounts`` holds the requested new limits (absolute values, by TenantQuota field);
+    ``baseline`` the limits when it was asked. ``version`` grows with every transition: a
+    decision made against an older version (a stale page, a second click) changes nothing.
+    """
+
+    class State(models.TextChoices):
+        PENDING = "pending"
+        APPROVED = "approved"
+        DENIED = "denied"
+        SUPERSEDED = "superseded"   # replaced by a newer request of the same tenant
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="quota_requests")
+    requester = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
+                                  related_name="quota_requests")
+    amounts = models.JSONField(default=dict)
+    baseline = models.JSONField(default=dict, blank=True)
+    reason = models.TextField(max_length=2000)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING)
+    quota_version = models.PositiveIntegerField(default=1)
+    version = models.PositiveIntegerField(default=1)
+    granted = models.JSONField(default=dict, blank=True)
+    decided_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
+                                   related_name="quota_decisions")
+    decided_by_label = models.CharField(max_length=150, blank=True)
+    decided_at = models.DateTimeField(null=True, blank=True)
+    decision_reason = models.TextField(max_length=2000, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["tenant"], condition=Q(state="pending"),
+                                    name="one_pending_quota_request_per_tenant"),
+        ]
+        indexes = [models.Index(fields=["state", "created_at"]), models.Index(fields=["tenant", "-created_at"])]
+        ordering = ["-created_at"]
+
+    def __str__(self):
+        return f"quota request {self.id} ({self.state})"
+
+
+class Suspension(models.Model):
+    """A reason a VE, or every VE of a tenant, must stay stopped.
+
+    ``ve`` is null for a tenant-wide suspension. Each source (admin, billing, abuse) has at
+    most one active suspension per object, and lifting it leaves the other sources' in
+    force: a VE runs again only when no active suspension applies to it or its tenant.
+    """
+
+    class Source(models.TextChoices):
+        ADMIN = "admin"
+        BILLING = "billing"
+        ABUSE = "abuse"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="suspensions")
+    ve = models.ForeignKey(VE, on_delete=models.CASCADE, related_name="suspensions", null=True, blank=True)
+    source = models.CharField(max_length=16, choices=Source.choices)
+    reason = models.CharField(max_length=500)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
+                                   related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    lifted_at = models.DateTimeField(null=True, blank=True)
+    lifted_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
+                                  related_name="+")
+    lift_reason = models.CharField(max_length=500, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["ve", "source"], condition=Q(lifted_at__isnull=True, ve__isnull=False),
+                                    name="one_active_suspension_per_ve_source"),
+            models.UniqueConstraint(fields=["tenant", "source"], condition=Q(lifted_at__isnull=True, ve__isnull=True),
+                                    name="one_active_suspension_per_tenant_source"),
+        ]
+        indexes = [models.Index(fields=["tenant", "lifted_at"])]
+        ordering = ["-created_at"]
+
+    @property
+    def active(self) -> bool:
+        return self.lifted_at is None
+
+    def __str__(self):
+        what = f"VE {self.ve.veid}" if self.ve_id else f"tenant {self.tenant.slug}"
+        return f"{what} suspended ({self.source})"
+
+
+class DomainEvent(models.Model):
+    """An append-only outbox of business events (``quota_request.decided``, ...), written in
+    the same transaction as the change; the billing issue delivers them as webhooks and sets
+    ``delivered_at``, the one field that may change."""
+
+    id = models.BigAutoField(primary_key=True)
+    uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    kind = models.CharField(max_length=64, db_index=True)
+    tenant = models.ForeignKey(Tenant, on_delete=models.SET_NULL, null=True, blank=True, related_name="events")
+    payload = models.JSONField(default=dict)
+    created_at = models.DateTimeField(auto_now_add=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self):
+        return f"{self.kind} {self.uuid}"

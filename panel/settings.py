@@ -6,6 +6,9 @@ HAKO_SECRET_KEY     Django's secret key; a random one is kept in HAKO_DATA when 
 HAKO_DATA           where the embedded default keeps its files (/var/lib/hako)
 HAKO_DEBUG          "1" for development only
 HAKO_ALLOWED_HOSTS  comma-separated host names
+HAKO_EMAIL_BACKEND  console (default), smtp, locmem or dummy
+HAKO_EMAIL_HOST, HAKO_EMAIL_PORT, HAKO_EMAIL_USER, HAKO_EMAIL_PASSWORD, HAKO_EMAIL_TLS (0/1)
+HAKO_EMAIL_FROM     sender of the panel's mail (hako@localhost)
 """
 from __future__ import annotations
 
@@ -100,9 +103,13 @@ TEMPLATES = [{
         "django.contrib.auth.context_processors.auth",
         "django.contrib.messages.context_processors.messages",
         "django.template.context_processors.i18n",
+        "panel.views.context.panel",
     ]},
 }]
 WSGI_APPLICATION = "panel.wsgi.application"
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "panel:ve-list"
+LOGOUT_REDIRECT_URL = "login"
 
 _db_url = os.environ.get("HAKO_DATABASE_URL", f"sqlite:///{HAKO_DATA / 'panel.sqlite3'}")
 DATABASES = {"default": dj_database_url.parse(_db_url, conn_max_age=60)}
@@ -133,6 +140,32 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = HAKO_DATA / "static"
 STATICFILES_DIRS = [BASE_DIR / "static"] if (BASE_DIR / "static").exists() else []
+# WhiteNoise serves the vendored assets (static/, pinned in static/vendor/VERSIONS) straight
+# from the source tree, so no collectstatic step is needed on a node or in the embedded default.
+WHITENOISE_USE_FINDERS = True
+
+# --- E-mail (quota decisions, later notifications) ---------------------------------------
+_EMAIL_BACKENDS = {
+    "console": "django.core.mail.backends.console.EmailBackend",
+    "smtp": "django.core.mail.backends.smtp.EmailBackend",
+    "locmem": "django.core.mail.backends.locmem.EmailBackend",
+    "dummy": "django.core.mail.backends.dummy.EmailBackend",
+}
+_email_backend = os.environ.get("HAKO_EMAIL_BACKEND", "console") or "console"
+if _email_backend not in _EMAIL_BACKENDS:
+    raise ImproperlyConfigured(f"HAKO_EMAIL_BACKEND must be one of {', '.join(_EMAIL_BACKENDS)}, "
+                               f"got {_email_backend!r}")
+EMAIL_BACKEND = _EMAIL_BACKENDS[_email_backend]
+EMAIL_HOST = os.environ.get("HAKO_EMAIL_HOST", "localhost")
+try:
+    EMAIL_PORT = int(os.environ.get("HAKO_EMAIL_PORT", "25"))
+except ValueError:
+    raise ImproperlyConfigured("HAKO_EMAIL_PORT must be a port number") from None
+EMAIL_HOST_USER = os.environ.get("HAKO_EMAIL_USER", "")
+EMAIL_HOST_PASSWORD = os.environ.get("HAKO_EMAIL_PASSWORD", "")
+EMAIL_USE_TLS = env_bool("HAKO_EMAIL_TLS")
+EMAIL_TIMEOUT = 10
+DEFAULT_FROM_EMAIL = os.environ.get("HAKO_EMAIL_FROM", "hako@localhost")
 
 # --- Celery (panel side) --------------------------------------------------------------
 CELERY_BROKER_URL = os.environ.get("HAKO_BROKER_URL", "redis://127.0.0.1:6379/0")
@@ -162,6 +195,12 @@ CELERY_BEAT_SCHEDULE = {
     "reap-lost-nodes-and-expired-jobs": {
         "task": "hako.panel.reap",
         "schedule": HAKO_REAPER_INTERVAL,
+    },
+    # Suspended VEs that run anyway (a stop that met a busy VE, onboot after a host
+    # reboot) are stopped again.
+    "enforce-suspensions": {
+        "task": "hako.panel.enforce_suspensions",
+        "schedule": env_float("HAKO_SUSPENSION_INTERVAL", 30.0),
     },
 }
 

@@ -1,4 +1,5 @@
-"""Celery tasks of the panel worker (queue ``panel``): node events, heartbeats, reaper."""
+"""Celery tasks of the panel worker (queue ``panel``): node events, heartbeats, reaper,
+suspension enforcer."""
 from celery import shared_task
 
 from containers import messages as m
@@ -19,3 +20,10 @@ def panel_heartbeat(envelope):
 @shared_task(name="hako.panel.reap", ignore_result=True)
 def panel_reap():
     return jobs.reap()
+
+
+@shared_task(name="hako.panel.enforce_suspensions", ignore_result=True)
+def panel_enforce_suspensions():
+    from .services.suspensions import enforce_suspensions
+
+    return enforce_suspensions()

@@ -50,8 +50,8 @@ def stack(django_db_setup, django_db_blocker):
     worker = harness.panel_worker(env).start()
     root = harness.TEST_ROOT / f"node-{NODE}"
     agent = harness.node_agent(NODE, NODE_KEY, BROKER, root).start()
-    harness.wait_for(lambda: "ready" in agent.log_text(), 60, what="node agent ready")
-    harness.wait_for(lambda: "ready" in worker.log_text(), 60, what="panel worker ready")
+    harness.wait_for(lambda: " ready." in agent.log_since_start(), 60, what="node agent ready")
+    harness.wait_for(lambda: " ready." in worker.log_since_start(), 60, what="panel worker ready")
     st = Stack(worker=worker, agent=agent, node_root=root, db_url=db_url)
     yield st
     worker.stop()
@@ -122,6 +122,8 @@ def debian12(stack):
         fcntl.flock(lock, fcntl.LOCK_EX)
         build_template(TEMPLATE_CACHE, "debian-12", log=lambda msg: print(f"[debian-12] {msg}", flush=True))
     cache = stack.node_root / "templates"
+    # The agent makes its cache at start (its "ready" may be an earlier run's log line).
+    harness.wait_for(lambda: (cache / "busybox.json").exists(), 120, what="the node agent's template cache")
     for src in template_paths(TEMPLATE_CACHE, "debian-12"):  # the archive before its metadata
         dst = cache / src.name
         if not dst.exists():

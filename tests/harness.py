@@ -121,6 +121,7 @@ class Proc:
     def start(self, extra_env: dict | None = None) -> "Proc":
         self.log.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **self.env, **(extra_env or {})}
+        self.log_offset = self.log.stat().st_size if self.log.exists() else 0
         logf = open(self.log, "ab")
         self.popen = subprocess.Popen(self.argv, env=env, cwd=REPO, stdout=logf, stderr=subprocess.STDOUT,
                                       stdin=subprocess.DEVNULL, start_new_session=True)
@@ -147,6 +148,15 @@ class Proc:
         except subprocess.TimeoutExpired:
             self.kill()
         (PIDS / f"{self.name}.pid").unlink(missing_ok=True)
+
+    def log_since_start(self) -> str:
+        """What this process wrote since its last start (the log file keeps older runs)."""
+        try:
+            with open(self.log, "rb") as f:
+                f.seek(getattr(self, "log_offset", 0))
+                return f.read().decode(errors="replace")
+        except FileNotFoundError:
+            return ""
 
     def log_text(self) -> str:
         try:

@@ -102,3 +102,23 @@ def test_exec_output_is_bounded_and_exit_codes_come_back(stack, node, tenant):
     # shell metacharacters are arguments, not shell syntax
     meta = run(svc.ve_exec(ve=ve, argv=["echo", "a;b", "$(id)", "`x`"]))
     assert meta.result["output"].strip() == "a;b $(id) `x`"
+
+
+def test_a_stopped_ve_shrinks_only_if_its_data_fits(stack, node, tenant):
+    ve = VE.objects.get(pk=run(svc.ve_create(tenant=tenant, template="busybox", disk=256 << 20)).ve_id)
+    run(svc.ve_start(ve=ve))
+    run(svc.ve_exec(ve=ve, argv=["sh", "-c", "head -c 90000000 /dev/urandom > /data && sync"]))
+    run(svc.ve_stop(ve=ve))
+    run(svc.ve_set(ve=ve, disk=160 << 20))
+    from panel.services.jobs import job_wait
+
+    too_small = job_wait(svc.ve_set(ve=VE.objects.get(pk=ve.pk), disk=64 << 20), timeout=120)
+    assert too_small.state == "failed" and "does not fit" in too_small.explanation
+    ve.refresh_from_db()
+    assert ve.disk == 160 << 20
+    run(svc.ve_start(ve=ve))
+    df = run(svc.ve_exec(ve=ve, argv=["df", "-k", "/"])).result["output"].splitlines()[-1].split()
+    # ext4's journal and inode tables take their share of the 160M; the 256M is gone.
+    assert 110 * 1024 <= int(df[1]) <= 160 * 1024, df
+    size = run(svc.ve_exec(ve=ve, argv=["sh", "-c", "wc -c < /data"])).result["output"].strip()
+    assert size == "90000000", "the data survived the shrink"

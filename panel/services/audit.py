@@ -6,7 +6,9 @@ import re
 
 from panel.models import AuditEvent
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# C0 and C1 controls, DEL and the Unicode line/paragraph separators: anything a log viewer
+# or terminal may take as the end of a line or an escape sequence.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def clean(value, limit: int = 200):
@@ -16,8 +18,7 @@ def clean(value, limit: int = 200):
     it from looking like one in a plain-text export either.
     """
     if isinstance(value, str):
-        value = _CONTROL.sub(lambda m: "\\x%02x" % ord(m.group()), value)
-        return value[:limit]
+        return escape(value)[:limit]
     if isinstance(value, dict):
         return {clean(k, 64): clean(v, limit) for k, v in list(value.items())[:50]}
     if isinstance(value, (list, tuple)):
@@ -36,7 +37,25 @@ def audit(*, action: str, actor=None, tenant=None, obj=None, result: str = "ok",
     if actor is not None:
         label = getattr(actor, "username", "") or str(actor)
     return AuditEvent.objects.create(
-        action=action, actor=actor if getattr(actor, "pk", None) else None, actor_label=clean(label, 150),
-        tenant=tenant, object_type=object_type, object_id=clean(object_id, 64), result=result,
+        action=clean(action, 64), actor=actor if getattr(actor, "pk", None) else None, actor_label=clean(label, 150),
+        tenant=tenant, object_type=object_type, object_id=clean(object_id, 64), result=clean(result, 16),
         source=clean(source, 64), detail=clean(detail or {}),
     )
+
+
+def escape(value) -> str:
+    """``value`` as one line of printable text, for plain-text output of audit records."""
+    return _CONTROL.sub(_escape_one, str(value))
+
+
+def _escape_one(m) -> str:
+    code = ord(m.group())
+    return "\\x%02x" % code if code < 0x100 else "\\u%04x" % code
+
+
+def audit_token_use(*, token_label: str, actor=None, tenant=None, result: str = "ok", source: str = "",
+                    detail: dict | None = None) -> AuditEvent:
+    """Record a use of an API token (the API and billing issues call this on every
+    authenticated request). Only the token's label or prefix is stored, never the secret."""
+    return audit(action="token.use", actor=actor, tenant=tenant, result=result, source=source,
+                 detail={"token": token_label, **(detail or {})})

@@ -34,3 +34,18 @@ class Conflict(ServiceError):
 class Unavailable(ServiceError):
     code = "unavailable"
     status = 503
+
+
+class Forbidden(ServiceError):
+    """A member of the tenant whose role does not allow the action (HTTP 403). Someone who
+    is not a member gets NotFound instead, so that the object's existence stays hidden."""
+
+    code = "forbidden"
+    status = 403
+
+
+class QuotaExceeded(Conflict):
+    """The change would take the tenant over one of its limits."""
+
+    code = "quota-exceeded"
+

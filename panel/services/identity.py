@@ -8,62 +8,22 @@ functions (containers.messages) before writing them into the VE.
 from __future__ import annotations
 
 import hashlib
-import secrets
+
+from passlib.hash import sha512_crypt as sha512_crypt_hasher
 
 from containers.messages import MessageError, check_password_hash, check_ssh_key, SSH_KEYS_MAX
 
 from .errors import InvalidInput
 
-_B64 = "./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-# The byte order of SHA-512 crypt's output encoding (Drepper, "Unix crypt using SHA-256
-# and SHA-512", step 22).
-_ORDER = [(0, 21, 42), (22, 43, 1), (44, 2, 23), (3, 24, 45), (25, 46, 4), (47, 5, 26), (6, 27, 48),
-          (28, 49, 7), (50, 8, 29), (9, 30, 51), (31, 52, 10), (53, 11, 32), (12, 33, 54), (34, 55, 13),
-          (56, 14, 35), (15, 36, 57), (37, 58, 16), (59, 17, 38), (18, 39, 60), (40, 61, 19), (62, 20, 41)]
 PASSWORD_MIN, PASSWORD_MAX = 8, 256
 
 
-def _b64(value: int, n: int) -> str:
-    out = []
-    for _ in range(n):
-        out.append(_B64[value & 0x3F])
-        value >>= 6
-    return "".join(out)
-
-
 def sha512_crypt(password: str, salt: str | None = None, rounds: int = 5000) -> str:
-    """glibc's ``$6$`` password hash. Pure Python: the ``crypt`` module is deprecated and
-    gone in Python 3.13. 5000 rounds is glibc's default and what ``passwd`` writes."""
-    pw = password.encode()
-    salt = salt if salt is not None else "".join(secrets.choice(_B64) for _ in range(16))
-    s = salt.encode()[:16]
-    n = len(pw)
-    b = hashlib.sha512(pw + s + pw).digest()
-    a = hashlib.sha512(pw + s)
-    i = n
-    while i > 64:
-        a.update(b)
-        i -= 64
-    a.update(b[:i])
-    i = n
-    while i:
-        a.update(b if i & 1 else pw)
-        i >>= 1
-    a = a.digest()
-    p = (hashlib.sha512(pw * n).digest() * (n // 64 + 1))[:n]
-    sb = (hashlib.sha512(s * (16 + a[0])).digest() * (len(s) // 64 + 1))[:len(s)]
-    c = a
-    for r in range(rounds):
-        h = hashlib.sha512(p if r & 1 else c)
-        if r % 3:
-            h.update(sb)
-        if r % 7:
-            h.update(p)
-        h.update(c if r & 1 else p)
-        c = h.digest()
-    encoded = "".join(_b64((c[x] << 16) | (c[y] << 8) | c[z], 4) for x, y, z in _ORDER) + _b64(c[63], 2)
-    prefix = "$6$" if rounds == 5000 else f"$6$rounds={rounds}$"
-    return f"{prefix}{s.decode()}${encoded}"
+    """glibc's ``$6$`` password hash (what Debian's /etc/shadow takes), via libpass: the
+    ``crypt`` module is deprecated and gone in Python 3.13. 5000 rounds is glibc's default
+    and what ``passwd`` writes."""
+    hasher = sha512_crypt_hasher.using(rounds=rounds, **({"salt": salt} if salt is not None else {}))
+    return hasher.hash(password)
 
 
 def check_password(value) -> str:

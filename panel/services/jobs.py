@@ -151,6 +151,15 @@ def _settle_ve_after_failure(job: Job, observed: dict) -> None:
         VE.objects.filter(pk=ve.pk).update(state=new, state_changed_at=timezone.now())
 
 
+SECRET_ARGS = ("root_password_hash",)
+
+
+def _scrub_secrets(job: Job) -> None:
+    """A finished job keeps no secrets: the password hash was for the node, once."""
+    if any(k in job.args for k in SECRET_ARGS):
+        Job.objects.filter(pk=job.pk).update(args={k: v for k, v in job.args.items() if k not in SECRET_ARGS})
+
+
 def _apply_success(job: Job, result: dict) -> None:
     ve = job.ve
     if ve is None:
@@ -168,6 +177,8 @@ def _apply_success(job: Job, result: dict) -> None:
             fields["nproc"] = nproc if fields.get("state", ve.state) == "running" else None
         if job.kind == "set":
             fields.update(job.args.get("changes", {}))
+            if job.args.get("plan"):  # ve_change_plan: the VE is on its new plan once applied
+                fields["plan_id"] = job.args["plan"]
             released = job.args.get("released")
             if released:
                 IPAddress.objects.filter(ve=ve, address__in=released).delete()
@@ -204,10 +215,12 @@ def apply_event(envelope) -> str:
             return "ignored: job already finished"
         Job.objects.filter(pk=job.pk).update(last_seq=Greatest(F("last_seq"), seq))
         lines = body.get("lines") if isinstance(body.get("lines"), list) else []
-        for item in lines[:1000]:
+        # One INSERT for the batch; a redelivered event's lines are already there (ignored).
+        JobLog.objects.bulk_create([
+            JobLog(job=job, seq=item[0], kind=JobLog.Kind.LOG, message=item[1][:4000], ts=ts)
+            for item in lines[:1000]
             if (isinstance(item, list) and len(item) == 2 and type(item[0]) is int and 0 < item[0] <= seq
-                    and isinstance(item[1], str)):
-                _log_line(job, JobLog.Kind.LOG, item[1], item[0], ts)
+                and isinstance(item[1], str))], ignore_conflicts=True)
         if kind == "running":
             n = Job.objects.filter(pk=job.pk, state=Job.State.PENDING).update(
                 state=Job.State.RUNNING, started_at=ts, agent_instance=str(body.get("instance", ""))[:36])
@@ -223,6 +236,7 @@ def apply_event(envelope) -> str:
             if n:
                 _log_line(job, JobLog.Kind.STEP, "Task OK", seq, ts)
                 _apply_success(job, data)
+                _scrub_secrets(job)
         elif kind == "failed":
             observed = data.get("observed") if isinstance(data.get("observed"), dict) else {}
             n = Job.objects.filter(pk=job.pk, state__in=Job.ACTIVE).update(
@@ -230,6 +244,7 @@ def apply_event(envelope) -> str:
                 explanation=message, result=data)
             if n:
                 _log_line(job, JobLog.Kind.ERROR, message, seq, ts)
+                _scrub_secrets(job)
                 if job.ve_id:
                     _settle_ve_after_failure(job, observed)
         else:

@@ -11,7 +11,8 @@ import ipaddress
 from django.db import IntegrityError, transaction
 
 from containers import messages as m
-from panel.models import VE, IPAddress, IPPool, Job, Node
+from panel.access import require_role
+from panel.models import VE, IPAddress, IPPool, Job, Membership, Node
 
 from .audit import audit
 from .errors import Conflict, InvalidInput, NotFound, Unavailable
@@ -79,24 +80,34 @@ def _candidates(pool: IPPool):
         yield str(cls(i))
 
 
-def allocate(*, ve: VE, node: Node, addresses: list[str] | None) -> list[str]:
-    """Reserve addresses for ``ve`` on ``node``: the chosen ones, or one per address family
-    that the node has a pool for. Call inside the caller's transaction."""
+def allocate(*, ve: VE, node: Node, addresses: list[str] | None, count: int | None = None) -> list[str]:
+    """Reserve addresses for ``ve`` on ``node``: the chosen ones, or free ones from the
+    node's pools: one per address family, or ``count`` of them (a plan's addresses) taken
+    in turn from each family, IPv4 first. Call inside the caller's transaction."""
     pools = list(IPPool.objects.select_for_update().filter(nodes=node).order_by("id"))
     chosen: list[str] = []
     if addresses is None:
-        for version in (4, 6):
-            family = [p for p in pools if ipaddress.ip_network(p.network).version == version]
-            if not family:
-                continue
+        families = [(v, [p for p in pools if ipaddress.ip_network(p.network).version == v]) for v in (4, 6)]
+        families = [(v, f) for v, f in families if f]
+        want = {v: 1 for v, _ in families}
+        if count is not None and families:
+            want = {v: 0 for v, _ in families}
+            for i in range(count):
+                want[families[i % len(families)][0]] += 1
+        for version, family in families:
+            need = want[version]
             for pool in family:
-                used = set(IPAddress.objects.filter(pool=pool).values_list("address", flat=True))
-                free = next((a for a in _candidates(pool) if a not in used), None)
-                if free:
-                    chosen.append(free)
-                    _reserve(free, pool, ve)
+                if not need:
                     break
-            else:
+                used = set(IPAddress.objects.filter(pool=pool).values_list("address", flat=True))
+                for free in _candidates(pool):
+                    if free not in used:
+                        chosen.append(free)
+                        _reserve(free, pool, ve)
+                        need -= 1
+                        if not need:
+                            break
+            if need:
                 raise Unavailable(f"IPv{version} pool {family[0].name} on node {node.name} is exhausted: "
                                   "no address is free. Ask an administrator to extend it.", code="pool-exhausted")
         return chosen
@@ -132,8 +143,12 @@ def release(ve: VE, addresses: list[str] | None = None) -> int:
 
 def ve_ipadd(*, ve: VE, addresses: list[str] | None = None, actor=None, source: str = "") -> Job:
     """Add addresses to a VE, live if it runs (``vzctl set --ipadd``). ``None`` picks one
-    free address per family from the node's pools."""
-    with transaction.atomic():
+    free address per family from the node's pools. The allocations count against the
+    tenant's address quota, checked under its lock (services.quotas)."""
+    from .quotas import quota_guard
+
+    require_role(actor, ve.tenant, Membership.Role.OPERATOR, what="VE", source=source)
+    with transaction.atomic(), quota_guard(ve.tenant):
         locked = VE.objects.select_for_update().select_related("node", "tenant", "template").get(pk=ve.pk)
         if locked.state == VE.State.DESTROYED:
             raise NotFound(f"VE {ve.veid} does not exist")
@@ -151,6 +166,7 @@ def ve_ipadd(*, ve: VE, addresses: list[str] | None = None, actor=None, source: 
 
 def ve_ipdel(*, ve: VE, addresses: list[str], actor=None, source: str = "") -> Job:
     """Remove addresses from a VE, live if it runs (``vzctl set --ipdel``); ``all`` removes all."""
+    require_role(actor, ve.tenant, Membership.Role.OPERATOR, what="VE", source=source)
     with transaction.atomic():
         locked = VE.objects.select_for_update().select_related("node", "tenant", "template").get(pk=ve.pk)
         if addresses == ["all"]:

@@ -1,8 +1,11 @@
 """VE lifecycle services: ``ve_create``, ``ve_start``, ``ve_stop``, ``ve_restart``,
-``ve_destroy``, ``ve_set``, ``ve_exec``, ``ve_status``.
+``ve_destroy``, ``ve_set``, ``ve_change_plan``, ``ve_exec``, ``ve_status``.
 
-Each one checks its input, writes the job and its audit record in one transaction and
-returns the :class:`~panel.models.Job`; the node does the work and reports back.
+Each one checks the actor's role in the VE's tenant (``actor=None`` is the local admin of
+the command line), checks its input, writes the job and its audit record in one
+transaction and returns the :class:`~panel.models.Job`; the node does the work and reports
+back. Whatever makes a tenant grow (create, resize, change plan) goes through the tenant's
+quota lock in that same transaction (services.quotas).
 """
 from __future__ import annotations
 
@@ -10,13 +13,16 @@ from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 
 from containers.messages import HOSTNAME_RE, MessageError, check_ve_address
-from panel.models import VE, Job, Node, OSTemplate, Tenant
+from panel.access import audit_denial, is_local_admin, require_role
+from panel.models import VE, Job, Membership, Node, OSTemplate, Plan, Tenant
 
 from .audit import audit
-from .errors import Conflict, InvalidInput, NotFound, Unavailable
+from .errors import Conflict, Forbidden, InvalidInput, NotFound, Unavailable
 from .identity import identity_args, identity_audit
 from .jobs import job_create
 from .network import allocate
+from .plans import plan_resolve, plan_ve_values
+from .quotas import quota_guard
 from .validation import DEFAULTS, check_hostname, check_range, parse_int, parse_limit, parse_rate
 
 IDMAP_SIZE = 65536
@@ -63,20 +69,34 @@ def ve_create(*, tenant: Tenant, actor=None, template: str, hostname: str | None
               cpulimit=None, numproc=None, iolimit=None, iopslimit=None, onboot: bool = False,
               addresses: list[str] | None = None, nameservers=None, searchdomain=None, rate_in=None,
               rate_out=None, root_password=None, root_password_hash=None, ssh_keys=None,
-              source: str = "") -> Job:
+              plan: Plan | str | None = None, source: str = "") -> Job:
     """Create a VE record and a ``create`` job for its node.
 
     Sizes are bytes (parse user text with services.validation first); ``iolimit`` (bytes/s)
-    also takes sizes like ``10M``, ``iopslimit`` is operations/s, 0 = unlimited. Unknown templates,
-    taken VEIDs, bad hostnames and out-of-range sizes are refused before anything is
-    written.
+    also takes sizes like ``10M``, ``iopslimit`` is operations/s, 0 = unlimited. With a
+    ``plan`` (object or name), the plan's values are the defaults, its bandwidth the rate
+    limits and its address count how many addresses are picked; values given here override
+    them. Every create, from a plan or custom, must fit the tenant's quota. Unknown
+    templates, taken VEIDs, bad hostnames and out-of-range sizes are refused before anything
+    is written. Choosing the node or the VEID is for staff (operators of the tenant may create).
     """
+    require_role(actor, tenant, Membership.Role.OPERATOR, what="tenant", source=source)
+    if not is_local_admin(actor) and (node is not None or veid is not None):
+        audit_denial(actor, tenant, "staff-field", {"field": "node" if node is not None else "veid"}, source)
+        raise Forbidden("choosing the node or the VEID is for staff administrators",
+                        field="node" if node is not None else "veid")
+    _refuse_if_tenant_suspended(tenant)
+    the_plan = plan_resolve(plan, actor) if plan is not None else None
+    defaults = dict(DEFAULTS, **(plan_ve_values(the_plan) if the_plan else {}))
     values = {}
     for field, raw in (("memory", memory), ("swap", swap), ("disk", disk), ("cpuunits", cpuunits),
                        ("cpulimit", cpulimit), ("numproc", numproc), ("iolimit", iolimit),
                        ("iopslimit", iopslimit)):
-        values[field] = check_range(parse_limit(raw, field=field) if raw is not None else DEFAULTS[field],
+        values[field] = check_range(parse_limit(raw, field=field) if raw is not None else defaults[field],
                                     field=field)
+    if the_plan is not None:
+        rate_in = defaults["rate_in"] if rate_in is None else rate_in
+        rate_out = defaults["rate_out"] if rate_out is None else rate_out
     if veid is not None:
         veid = parse_int(veid, field="veid")
         if veid < 101:
@@ -96,7 +116,9 @@ def ve_create(*, tenant: Tenant, actor=None, template: str, hostname: str | None
                           ssh_keys=ssh_keys)
     for attempt in range(3):
         try:
-            with transaction.atomic():
+            # The tenant's quota lock first, then the fleet-wide allocation lock: every
+            # service takes them in this order.
+            with transaction.atomic(), quota_guard(tenant):
                 _alloc_lock()
                 target = _pick_node(node, tmpl)
                 if veid is not None and VE.objects.filter(veid=veid).exclude(state=VE.State.DESTROYED).exists():
@@ -105,14 +127,16 @@ def ve_create(*, tenant: Tenant, actor=None, template: str, hostname: str | None
                 ve = VE.objects.create(
                     veid=the_veid, tenant=tenant, node=target, template=tmpl,
                     hostname=hostname or f"ve{the_veid}", uid_base=_free_uid_base(), onboot=onboot,
-                    state=VE.State.CREATING, **values, **net_values)
-                ve.addresses = allocate(ve=ve, node=target, addresses=addresses)
+                    state=VE.State.CREATING, plan=the_plan, **values, **net_values)
+                ve.addresses = allocate(ve=ve, node=target, addresses=addresses,
+                                        count=the_plan.addresses if the_plan and addresses is None else None)
                 if ve.addresses:
                     VE.objects.filter(pk=ve.pk).update(addresses=ve.addresses)
                 job = job_create(kind="create", node=target, ve=ve, actor=actor, args=ident)
                 audit(action="ve.create", actor=actor, tenant=tenant, obj=ve, source=source,
                       detail={"job": str(job.id), "node": target.name, "template": tmpl.name,
-                              "hostname": ve.hostname, **values, **identity_audit(ident)})
+                              "hostname": ve.hostname, **values, **identity_audit(ident),
+                              **({"plan": the_plan.name} if the_plan else {})})
                 return job
         except IntegrityError:
             if veid is not None:
@@ -150,17 +174,39 @@ def _live(ve: VE) -> VE:
     return ve
 
 
-def _simple(kind: str, ve: VE, actor, source: str, args: dict | None = None, audit_detail=None) -> Job:
+def _simple(kind: str, ve: VE, actor, source: str, args: dict | None = None, audit_detail=None,
+            min_role: str = Membership.Role.OPERATOR) -> Job:
+    require_role(actor, ve.tenant, min_role, what="VE", source=source)
     with transaction.atomic():
         ve = VE.objects.select_related("node", "tenant", "template").get(pk=_live(ve).pk)
+        if kind in ("start", "restart"):
+            _refuse_if_suspended(ve)
         job = job_create(kind=kind, node=ve.node, ve=ve, actor=actor, args=args)
         audit(action=f"ve.{kind}", actor=actor, tenant=ve.tenant, obj=ve, source=source,
               detail={"job": str(job.id), **(audit_detail or {})})
     return job
 
 
+def _refuse_if_suspended(ve: VE) -> None:
+    from .suspensions import active_suspensions, describe
+
+    found = active_suspensions(ve)
+    if found:
+        raise Conflict(f"VE {ve.veid} is suspended ({describe(found)}); it cannot be started until "
+                       "the suspension is lifted.", code="suspended")
+
+
+def _refuse_if_tenant_suspended(tenant: Tenant) -> None:
+    from .suspensions import describe, tenant_suspensions
+
+    found = tenant_suspensions(tenant)
+    if found:
+        raise Conflict(f"tenant {tenant.slug} is suspended ({describe(found)}); no VE can be created "
+                       "until the suspension is lifted.", code="suspended")
+
+
 def ve_start(*, ve: VE, actor=None, source: str = "") -> Job:
-    """Start a VE (a no-op success if it runs already)."""
+    """Start a VE (a no-op success if it runs already); a suspended VE is refused."""
     return _simple("start", ve, actor, source)
 
 
@@ -190,11 +236,28 @@ NETWORK_SETTINGS = ("nameservers", "searchdomain", "rate_in", "rate_out")
 
 
 def ve_set(*, ve: VE, actor=None, source: str = "", **changes) -> Job:
-    """Change a VE's resources; the node applies them live on a running VE.
+    """Change a VE's resources within the tenant's quota; the node applies memory, swap,
+    CPU and pids live on a running VE and grows the disk online.
 
     The VE row keeps what the node has applied: the changes are written back when the
-    job succeeds. Shrinking the disk is refused (it needs an offline filesystem shrink).
+    job succeeds, and until then the larger sizes count as reserved in the quota.
+    Shrinking the disk is refused unless the VE is stopped (an offline filesystem shrink;
+    the node refuses it too if the data does not fit).
     """
+    require_role(actor, ve.tenant, Membership.Role.OPERATOR, what="VE", source=source)
+    return _resize(ve, _clean_changes(changes), actor, source, action="ve.set")
+
+
+def ve_change_plan(*, ve: VE, plan: Plan | str, actor=None, source: str = "") -> Job:
+    """Resize a VE to a plan's values (memory, swap, disk, CPU, pids, bandwidth) within the
+    tenant's quota, like ``ve_set``; the VE is on the new plan once the node applied it.
+    Its addresses stay as they are."""
+    require_role(actor, ve.tenant, Membership.Role.OPERATOR, what="VE", source=source)
+    the_plan = plan_resolve(plan, actor)
+    return _resize(ve, plan_ve_values(the_plan), actor, source, action="ve.change_plan", plan=the_plan)
+
+
+def _clean_changes(changes: dict) -> dict:
     unknown = set(changes) - set(SETTABLE)
     if unknown:
         raise InvalidInput(f"unknown parameters: {', '.join(sorted(unknown))}")
@@ -214,15 +277,24 @@ def ve_set(*, ve: VE, actor=None, source: str = "", **changes) -> Job:
             clean[field] = check_range(parse_limit(raw, field=field), field=field)
     if not clean:
         raise InvalidInput("nothing to change: give at least one parameter")
-    if "disk" in clean and clean["disk"] < ve.disk:
-        raise InvalidInput("shrinking the disk is not supported while the VE holds data; "
-                           "create a new VE with the smaller size instead", field="disk")
-    with transaction.atomic():
+    return clean
+
+
+def _resize(ve: VE, clean: dict, actor, source: str, *, action: str, plan: Plan | None = None) -> Job:
+    with transaction.atomic(), quota_guard(ve.tenant):
         locked = VE.objects.select_related("node", "tenant", "template").get(pk=_live(ve).pk)
-        job = job_create(kind="set", node=locked.node, ve=locked.with_changes(**clean), actor=actor,
-                         args={"changes": clean})
-        audit(action="ve.set", actor=actor, tenant=locked.tenant, obj=locked, source=source,
-              detail={"job": str(job.id), "changes": clean})
+        if "disk" in clean and clean["disk"] < locked.disk and locked.state != VE.State.STOPPED:
+            raise InvalidInput(
+                f"shrinking the disk needs the VE stopped (VE {locked.veid} is {locked.state}): stop it, "
+                "then set the smaller size; the data on it must fit in the new size", field="disk")
+        args = {"changes": clean}
+        detail = {"changes": clean}
+        if plan is not None:
+            args["plan"] = plan.pk
+            detail["plan"] = plan.name
+        job = job_create(kind="set", node=locked.node, ve=locked.with_changes(**clean), actor=actor, args=args)
+        audit(action=action, actor=actor, tenant=locked.tenant, obj=locked, source=source,
+              detail={"job": str(job.id), **detail})
     return job
 
 
@@ -238,5 +310,5 @@ def ve_exec(*, ve: VE, argv: list, actor=None, timeout: int = 60, source: str = 
 
 
 def ve_status(*, ve: VE, actor=None, source: str = "") -> Job:
-    """Ask the node for a VE's current state and process count."""
-    return _simple("status", ve, actor, source)
+    """Ask the node for a VE's current state and process count (any member may)."""
+    return _simple("status", ve, actor, source, min_role=Membership.Role.VIEWER)

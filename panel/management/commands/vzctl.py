@@ -62,6 +62,7 @@ class Command(BaseCommand):
         c.add_argument("--ostemplate", required=True)
         c.add_argument("--tenant", default=None, help="tenant slug (default: the 'default' tenant)")
         c.add_argument("--node", default=None)
+        c.add_argument("--plan", default=None, help="plan name: its values are the defaults (see manage.py plan list)")
         _resources(c)
         for name in ("start", "restart", "destroy", "status"):
             sub.add_parser(name).add_argument("veid")
@@ -100,7 +101,7 @@ class Command(BaseCommand):
             addresses = None if ipadd is None or ipadd == ["auto"] else ipadd
             job = svc.ve_create(tenant=tenant, template=o["ostemplate"], veid=veid, node=node,
                                 hostname=o["hostname"], onboot=bool(o["onboot"]), source=source,
-                                addresses=addresses, **self.sizes(o), **self.network(o))
+                                addresses=addresses, plan=o["plan"], **self.sizes(o), **self.network(o))
             self.stdout.write(f"Creating VE private area (VE {job.ve.veid} on node {job.node.name})")
             return self.follow(job, done=f"VE {job.ve.veid} is created")
         ve = ve_by_veid(veid)

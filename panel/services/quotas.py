@@ -1,0 +1,367 @@
+"""Tenant quotas: limits, usage, the check-and-reserve that every growing change goes
+through, and the quota request workflow (``quota_request_create``, ``..._approve``,
+``..._deny``).
+
+Check and reservation are one step (R12): a service opens ``quota_guard(tenant)`` inside
+its transaction, which locks the tenant's quota row (``SELECT ... FOR UPDATE``) and
+measures usage; the service then writes its rows (the VE, the pending resize job, the
+address allocations) and, on leaving the block, usage is measured again and every measure
+that grew must be within its limit, or the whole transaction is rolled back. Concurrent
+requests of one tenant queue on the row lock, so the second one measures the first one's
+rows: N parallel creates against a remaining quota of q give exactly q VEs.
+
+Usage is never stored, so it cannot drift: VEs that are not destroyed count with their
+applied sizes, or with the larger size a pending resize asks for; addresses count their
+allocations.
+"""
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+
+from django.conf import settings
+from django.core.mail import send_mail
+from django.db import transaction
+from django.db.models import Count, F, Sum
+from django.utils import timezone
+
+from panel.access import audit_denial, require_role, require_staff
+from panel.models import VE, DomainEvent, IPAddress, Job, Membership, QuotaRequest, Tenant, TenantQuota
+
+from .audit import audit
+from .errors import Conflict, Forbidden, InvalidInput, QuotaExceeded
+from .validation import _SIZE_RE, _UNITS, human_size
+
+log = logging.getLogger("hako.quotas")
+
+FIELDS = TenantQuota.LIMIT_FIELDS
+SIZE_FIELDS = ("memory", "disk")
+# What a limit may be set to. The bounds are far above any real fleet and only there to
+# refuse typos and overflow ("99999999T").
+BOUNDS = {
+    "max_ves": 100_000,
+    "memory": 1 << 50,       # 1 PiB
+    "disk": 1 << 54,         # 16 PiB
+    "cpuunits": 1_000_000_000,
+    "addresses": 1_000_000,
+    "backups": 1_000_000,
+}
+LABELS = {"max_ves": "VEs", "memory": "memory", "disk": "disk", "cpuunits": "CPU units",
+          "addresses": "addresses", "backups": "backups"}
+REASON_MAX = 2000
+
+
+# --- amounts -----------------------------------------------------------------------------
+
+def show(field: str, value) -> str:
+    """A limit or usage as people read it: sizes as 4G, ``None`` as unlimited."""
+    if value is None:
+        return "unlimited"
+    return human_size(value) if field in SIZE_FIELDS else str(value)
+
+
+def parse_amount(field: str, raw, *, allow_unlimited: bool = False, allow_zero: bool = True) -> int | None:
+    """Parse one limit: whole numbers, sizes like ``8G`` for memory and disk, ``None``
+    (or "unlimited") for no limit where allowed. Negative, fractional, non-numeric and
+    absurdly large values are refused with a message naming the field."""
+    if field not in FIELDS:
+        raise InvalidInput(f"unknown quota {str(field)[:32]!r}; known: {', '.join(FIELDS)}", field="amounts")
+    if raw is None or (isinstance(raw, str) and raw.strip().lower() == "unlimited"):
+        if allow_unlimited:
+            return None
+        raise InvalidInput(f"{field}: give a number", field=field)
+    if isinstance(raw, bool) or not isinstance(raw, (int, str)):
+        raise InvalidInput(f"{field}: expected a whole number", field=field)
+    if isinstance(raw, int):
+        n = raw
+    else:
+        text = raw.strip()
+        m = _SIZE_RE.match(text) if field in SIZE_FIELDS else None
+        if m:
+            n = int(m.group(1)) * _UNITS[m.group(2).upper()]
+        elif text.isascii() and text.isdigit() and len(text) <= 20:
+            n = int(text)
+        else:
+            what = "a size like 8G" if field in SIZE_FIELDS else "a whole number"
+            raise InvalidInput(f"{field}: {text[:40]!r} is not {what}", field=field)
+    lowest = 0 if allow_zero else 1
+    if not lowest <= n <= BOUNDS[field]:
+        raise InvalidInput(f"{field} must be between {show(field, lowest)} and {show(field, BOUNDS[field])}",
+                           field=field)
+    return n
+
+
+def _amounts(raw, *, allow_unlimited: bool, allow_zero: bool) -> dict:
+    if not isinstance(raw, dict) or not raw:
+        raise InvalidInput("give at least one quota and its amount", field="amounts")
+    if len(raw) > len(FIELDS):
+        raise InvalidInput("too many quotas", field="amounts")
+    return {f: parse_amount(f, v, allow_unlimited=allow_unlimited, allow_zero=allow_zero)
+            for f, v in raw.items()}
+
+
+def check_text(value, *, field: str, limit: int, required: bool = True, multiline: bool = False) -> str:
+    """Free text: bounded, no control characters (a newline only where ``multiline``)."""
+    if value is None:
+        value = ""
+    if not isinstance(value, str):
+        raise InvalidInput(f"{field} must be text", field=field)
+    value = value.strip()
+    if required and not value:
+        raise InvalidInput(f"give a {field}", field=field)
+    if len(value) > limit:
+        raise InvalidInput(f"{field} must be at most {limit} characters", field=field)
+    allowed = "\n" if multiline else ""
+    if any((ord(c) < 32 and c not in allowed) or 127 <= ord(c) < 160 or c in "\u2028\u2029" for c in value):
+        raise InvalidInput(f"{field} must not contain control characters", field=field)
+    return value
+
+
+# --- the lock and usage ------------------------------------------------------------------
+
+def quota_lock(tenant: Tenant) -> TenantQuota:
+    """The tenant's quota row, locked until the surrounding transaction ends (created with
+    no limits the first time: a tenant without a row is unlimited)."""
+    row = TenantQuota.objects.select_for_update().filter(tenant=tenant).first()
+    if row is None:
+        TenantQuota.objects.bulk_create([TenantQuota(tenant=tenant)], ignore_conflicts=True)
+        row = TenantQuota.objects.select_for_update().get(tenant=tenant)
+    return row
+
+
+def tenant_usage(tenant: Tenant) -> dict:
+    """What a tenant uses now, by quota field (reserved sizes of pending resizes included)."""
+    live = VE.objects.filter(tenant=tenant).exclude(state=VE.State.DESTROYED)
+    agg = live.aggregate(n=Count("id"), memory=Sum("memory"), disk=Sum("disk"), cpuunits=Sum("cpuunits"))
+    usage = {"max_ves": agg["n"] or 0, "memory": agg["memory"] or 0, "disk": agg["disk"] or 0,
+             "cpuunits": agg["cpuunits"] or 0}
+    pending = {j.ve_id: j.args.get("changes", {}) for j in Job.objects.filter(
+        tenant=tenant, kind="set", state__in=Job.ACTIVE, ve__isnull=False).only("ve_id", "args")}
+    if pending:
+        for ve in live.filter(pk__in=pending).only("id", "memory", "disk", "cpuunits"):
+            for field in ("memory", "disk", "cpuunits"):
+                wanted = pending[ve.pk].get(field)
+                if type(wanted) is int and wanted > getattr(ve, field):
+                    usage[field] += wanted - getattr(ve, field)
+    usage["addresses"] = IPAddress.objects.filter(ve__tenant=tenant).exclude(ve__state=VE.State.DESTROYED).count()
+    usage["backups"] = 0  # backups come with their own issue
+    return usage
+
+
+@contextmanager
+def quota_guard(tenant: Tenant):
+    """Lock the tenant's quota and refuse, on leaving, any measure that grew past its limit.
+
+    Use inside ``transaction.atomic()`` and write the reservation (rows) inside the block;
+    raising :class:`QuotaExceeded` from here rolls the transaction back with them.
+    """
+    if not transaction.get_connection().in_atomic_block:
+        raise RuntimeError("quota_guard needs the caller's transaction")
+    quota = quota_lock(tenant)
+    before = tenant_usage(tenant)
+    yield quota
+    after = tenant_usage(tenant)
+    over = []
+    for field in FIELDS:
+        limit = getattr(quota, field)
+        if limit is not None and after[field] > before[field] and after[field] > limit:
+            over.append(f"{LABELS[field]} would be {show(field, after[field])} of {show(field, limit)} "
+                        f"(in use {show(field, before[field])})")
+    if over:
+        raise QuotaExceeded(f"quota exceeded for tenant {tenant.slug}: {'; '.join(over)}. "
+                            "Ask for more with a quota request.", field="quota")
+
+
+def quota_overview(tenant: Tenant) -> list[dict]:
+    """Use against each limit, for the tenant dashboard: one dict per quota with ``used``,
+    ``limit`` (None = unlimited), ``available`` and ``percent``, plus readable strings."""
+    quota = TenantQuota.objects.filter(tenant=tenant).first() or TenantQuota(tenant=tenant)
+    usage = tenant_usage(tenant)
+    out = []
+    for field in FIELDS:
+        limit, used = getattr(quota, field), usage[field]
+        out.append({
+            "name": field, "label": LABELS[field], "used": used, "limit": limit,
+            "available": None if limit is None else max(0, limit - used),
+            "percent": None if not limit else min(100, round(100 * used / limit)),
+            "used_text": show(field, used), "limit_text": show(field, limit),
+        })
+    return out
+
+
+# --- admin: set limits ---------------------------------------------------------------------
+
+def quota_set(*, tenant: Tenant, actor=None, source: str = "", **limits) -> TenantQuota:
+    """Set a tenant's limits directly (staff). ``None`` = unlimited, 0 = none allowed.
+    Lowering a limit below usage is allowed: the tenant then cannot grow until under it."""
+    require_staff(actor, what="setting quotas", source=source)
+    clean = _amounts(limits, allow_unlimited=True, allow_zero=True)
+    with transaction.atomic():
+        quota = quota_lock(tenant)
+        before = quota.limits()
+        for field, value in clean.items():
+            setattr(quota, field, value)
+        quota.version += 1
+        quota.save()
+        audit(action="quota.set", actor=actor, tenant=tenant, obj=tenant, source=source,
+              detail={"limits": clean, "previous": {f: before[f] for f in clean}})
+    return quota
+
+
+# --- quota requests ------------------------------------------------------------------------
+
+def quota_request_create(*, tenant: Tenant, actor, amounts: dict, reason: str, source: str = "") -> QuotaRequest:
+    """A member (operator or owner) asks for higher limits: ``amounts`` are the new limits
+    wanted, each above the current one. A newer request supersedes the tenant's pending one."""
+    require_role(actor, tenant, Membership.Role.OPERATOR, what="tenant", source=source)
+    wanted = _amounts(amounts, allow_unlimited=False, allow_zero=False)
+    reason = check_text(reason, field="reason", limit=REASON_MAX, multiline=True)
+    with transaction.atomic():
+        quota = quota_lock(tenant)
+        for field, value in wanted.items():
+            current = getattr(quota, field)
+            if current is None:
+                raise InvalidInput(f"{LABELS[field]} are already unlimited for {tenant.slug}", field=field)
+            if value <= current:
+                raise InvalidInput(f"{LABELS[field]}: ask for more than the current {show(field, current)}",
+                                   field=field)
+        superseded = list(QuotaRequest.objects.select_for_update().filter(
+            tenant=tenant, state=QuotaRequest.State.PENDING).values_list("pk", flat=True))
+        for pk in superseded:
+            _transition(pk, QuotaRequest.State.SUPERSEDED)
+        req = QuotaRequest.objects.create(
+            tenant=tenant, requester=actor if getattr(actor, "pk", None) else None, amounts=wanted,
+            baseline={f: getattr(quota, f) for f in wanted}, reason=reason, quota_version=quota.version)
+        audit(action="quota_request.create", actor=actor, tenant=tenant, obj=req, source=source,
+              detail={"amounts": wanted, "baseline": req.baseline, "reason": reason,
+                      **({"supersedes": [str(pk) for pk in superseded]} if superseded else {})})
+    return req
+
+
+def _transition(pk, state: str, **fields) -> None:
+    QuotaRequest.objects.filter(pk=pk).update(state=state, version=F("version") + 1, **fields)
+
+
+def _decidable(request: QuotaRequest, actor, version: int | None) -> QuotaRequest:
+    """Lock the request and check it can still be decided by ``actor``."""
+    req = QuotaRequest.objects.select_for_update(of=("self",)).select_related("tenant", "requester").get(pk=request.pk)
+    if req.state != QuotaRequest.State.PENDING:
+        by = f" by {req.decided_by_label}" if req.decided_by_label else ""
+        when = f" at {req.decided_at:%Y-%m-%d %H:%M} UTC" if req.decided_at else ""
+        raise Conflict(f"this quota request is already {req.state}{by}{when}; nothing was changed",
+                       code="already-decided")
+    if version is not None and version != req.version:
+        raise Conflict("this quota request changed since you loaded it; reload and decide again",
+                       code="stale")
+    return req
+
+
+def _refuse_own(request: QuotaRequest, actor, source: str) -> None:
+    """Segregation of duties: nobody decides a request they made (the requester never
+    changes, so this is checked before the transaction, where the denial's record stays)."""
+    requester = QuotaRequest.objects.filter(pk=request.pk).values_list("requester_id", flat=True).first()
+    if actor is not None and requester is not None and requester == getattr(actor, "pk", None):
+        audit_denial(actor, request.tenant, "own-request", {"request": str(request.pk)}, source)
+        raise Forbidden("you cannot decide your own quota request: another administrator must", field="request")
+
+
+def quota_request_approve(*, request: QuotaRequest, actor, amounts: dict | None = None, reason: str = "",
+                          version: int | None = None, source: str = "") -> QuotaRequest:
+    """A staff admin who is not the requester grants a pending request, as asked or with
+    other ``amounts``; the granted limits replace the tenant's.
+
+    Only a pending request can be decided, under its row lock, so a second approval (a
+    double click, two admins) changes nothing and says who decided first. ``version`` is the
+    request's version the approver saw. If the tenant's limits changed since the request was
+    made, approving it as asked is refused as stale: give explicit ``amounts`` (decided
+    against today's limits) or deny it.
+    """
+    require_staff(actor, what="deciding quota requests", source=source)
+    _refuse_own(request, actor, source)
+    reason = check_text(reason, field="reason", limit=REASON_MAX, required=False, multiline=True)
+    granted = None if amounts is None else _amounts(amounts, allow_unlimited=True, allow_zero=True)
+    with transaction.atomic():
+        req = _decidable(request, actor, version)
+        quota = quota_lock(req.tenant)
+        if granted is None:
+            if quota.version != req.quota_version:
+                now = ", ".join(f"{LABELS[f]} now {show(f, getattr(quota, f))}" for f in req.amounts)
+                raise Conflict(f"the tenant's limits changed since this request was made ({now}); "
+                               "approve it with explicit amounts or deny it", code="stale")
+            granted = dict(req.amounts)
+        previous = {f: getattr(quota, f) for f in granted}
+        for field, value in granted.items():
+            setattr(quota, field, value)
+        quota.version += 1
+        quota.save()
+        now = timezone.now()
+        _transition(req.pk, QuotaRequest.State.APPROVED, granted=granted, decided_by=_user(actor),
+                    decided_by_label=_label(actor), decided_at=now, decision_reason=reason)
+        req.refresh_from_db()
+        audit(action="quota_request.approve", actor=actor, tenant=req.tenant, obj=req, source=source,
+              detail={"requested": req.amounts, "granted": granted, "previous": previous, "reason": reason})
+        _decided(req)
+    return req
+
+
+def quota_request_deny(*, request: QuotaRequest, actor, reason: str, version: int | None = None,
+                       source: str = "") -> QuotaRequest:
+    """A staff admin who is not the requester refuses a pending request, with a reason."""
+    require_staff(actor, what="deciding quota requests", source=source)
+    _refuse_own(request, actor, source)
+    reason = check_text(reason, field="reason", limit=REASON_MAX, multiline=True)
+    with transaction.atomic():
+        req = _decidable(request, actor, version)
+        _transition(req.pk, QuotaRequest.State.DENIED, decided_by=_user(actor), decided_by_label=_label(actor),
+                    decided_at=timezone.now(), decision_reason=reason)
+        req.refresh_from_db()
+        audit(action="quota_request.deny", actor=actor, tenant=req.tenant, obj=req, source=source,
+              detail={"requested": req.amounts, "reason": reason})
+        _decided(req)
+    return req
+
+
+def _user(actor):
+    return actor if getattr(actor, "pk", None) else None
+
+
+def _label(actor) -> str:
+    if actor is None:
+        return "local administrator"
+    return (getattr(actor, "username", "") or str(actor))[:150]
+
+
+def _decided(req: QuotaRequest) -> None:
+    """The decision as a business event (billing delivers it as a webhook) and an e-mail to
+    the tenant's owners and the requester once the transaction commits."""
+    payload = {
+        "request": str(req.pk), "tenant": str(req.tenant_id), "tenant_slug": req.tenant.slug,
+        "state": req.state, "requested": req.amounts, "granted": req.granted,
+        "reason": req.decision_reason, "decided_by": req.decided_by_label,
+        "decided_at": req.decided_at.isoformat() if req.decided_at else None,
+    }
+    DomainEvent.objects.create(kind="quota_request.decided", tenant=req.tenant, payload=payload)
+    transaction.on_commit(lambda: _mail_decision(req))
+
+
+def _mail_decision(req: QuotaRequest) -> None:
+    owners = Membership.objects.filter(tenant=req.tenant, role=Membership.Role.OWNER).select_related("user")
+    to = {m.user.email for m in owners if m.user.email and m.user.is_active}
+    if req.requester is not None and req.requester.email:
+        to.add(req.requester.email)
+    if not to:
+        return
+    lines = [f"Your quota request for {req.tenant.name} ({req.tenant.slug}) was {req.state}.", ""]
+    for field, value in req.amounts.items():
+        line = f"  {LABELS[field]}: asked {show(field, value)}"
+        if req.state == QuotaRequest.State.APPROVED:
+            line += f", granted {show(field, req.granted.get(field, value))}"
+        lines.append(line)
+    if req.decision_reason:
+        lines += ["", "Reason:", req.decision_reason]
+    lines += ["", f"Decided by {req.decided_by_label} at {req.decided_at:%Y-%m-%d %H:%M} UTC."]
+    try:
+        send_mail(f"[Hako] Quota request {req.state} for {req.tenant.slug}", "\n".join(lines),
+                  settings.DEFAULT_FROM_EMAIL, sorted(to))
+    except Exception:  # the decision stands; the tenant also sees it in the panel
+        log.exception("could not send the quota decision e-mail for %s", req.pk)

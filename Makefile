@@ -2,7 +2,7 @@
 PYTHON := .venv/bin/python
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test bench bench-provision
+.PHONY: help setup run test bench bench-provision bench-density bench-provision
 
 help:
 	@echo "Hako make targets:"
@@ -11,6 +11,7 @@ help:
 	@echo "  test   the test suite (real LXC, Redis, Celery, PostgreSQL); args: ARGS=..."
 	@echo "  bench  the job pipeline benchmark (bench/pipeline.py), reports figures"
 	@echo "  bench-provision  busybox and debian-12 create+start p50/p95 (bench/provision.py)"
+	@echo "  bench-density    CPU overhead inside a VE and memory per idle VE (bench/density.py)"
 
 setup:
 	bash scripts/setup-host.sh
@@ -26,3 +27,6 @@ bench: setup
 
 bench-provision: setup
 	$(PYTHON) bench/provision.py $(ARGS)
+
+bench-density: setup
+	$(PYTHON) bench/density.py $(ARGS)

@@ -70,55 +70,14 @@ TARGET_DISPATCH = 0.005      # s, p50
 OPS = ("create", "start", "stop", "destroy")
 
 
-class BenchProc(harness.Proc):
-    """harness.Proc with its pid file under BENCH_PIDS and a fresh log at every start."""
-
-    @classmethod
-    def of(cls, proc: harness.Proc, name: str) -> "BenchProc":
-        return cls(name, proc.argv, proc.env)
-
-    @property
-    def pidfile(self) -> Path:
-        return BENCH_PIDS / f"{self.name}.pid"
-
-    def start(self, extra_env: dict | None = None) -> "BenchProc":
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        self.log.unlink(missing_ok=True)  # "ready" must come from this run, not an old log
-        BENCH_PIDS.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, **self.env, **(extra_env or {})}
-        with open(self.log, "ab") as logf:
-            self.popen = subprocess.Popen(self.argv, env=env, cwd=harness.REPO, stdout=logf,
-                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                          start_new_session=True)
-        self.pidfile.write_text(str(self.popen.pid))
-        return self
-
-    def kill(self) -> None:
-        super().kill()
-        self.pidfile.unlink(missing_ok=True)
-
-    def stop(self, timeout: float = 15) -> None:
-        super().stop(timeout)
-        self.pidfile.unlink(missing_ok=True)
+def bench_proc(proc: harness.Proc, name: str) -> harness.Proc:
+    """The same process with its pid file under BENCH_PIDS and a fresh log at every start."""
+    return harness.Proc(name, proc.argv, proc.env, pid_dir=BENCH_PIDS, fresh_log=True)
 
 
 def kill_own_leftovers() -> None:
     """Kill processes of a killed earlier bench run (only ours: checked by command line)."""
-    if not BENCH_PIDS.is_dir():
-        return
-    for pidfile in BENCH_PIDS.glob("*.pid"):
-        try:
-            pid = int(pidfile.read_text().strip())
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
-        except (ValueError, FileNotFoundError, ProcessLookupError):
-            cmdline = b""
-        if b"containers.agent" in cmdline or b"celery" in cmdline:
-            harness._kill_group(pid)
-            for _ in range(100):
-                if not Path(f"/proc/{pid}").exists():
-                    break
-                time.sleep(0.05)
-        pidfile.unlink(missing_ok=True)
+    harness.kill_pidfiles(BENCH_PIDS)
 
 
 def reset_database(drop_only: bool = False) -> None:
@@ -274,7 +233,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, _term)
     signal.signal(signal.SIGHUP, _term)
 
-    procs: list[BenchProc] = []
+    procs: list[harness.Proc] = []
     print("bench: cleaning leftovers of earlier bench runs", flush=True)
     kill_own_leftovers()
     for root in (PIPE_ROOT, DIRECT_ROOT):
@@ -303,8 +262,8 @@ def main() -> int:
                                                 "DJANGO_SETTINGS_MODULE": "panel.settings"})
         argv = list(worker_template.argv)
         argv[argv.index("-n") + 1] = "hakobench-panel@%h"
-        worker = BenchProc("bench-panel-worker", argv, worker_template.env)
-        agent = BenchProc.of(harness.node_agent(NODE, key, BROKER, PIPE_ROOT), f"bench-agent-{NODE}")
+        worker = harness.Proc("bench-panel-worker", argv, worker_template.env, pid_dir=BENCH_PIDS, fresh_log=True)
+        agent = bench_proc(harness.node_agent(NODE, key, BROKER, PIPE_ROOT), f"bench-agent-{NODE}")
         procs += [worker, agent]
         worker.start()
         agent.start()

@@ -60,42 +60,8 @@ TARGET_BUSYBOX = 0.150  # s, p50 create+start
 TARGET_DEBIAN = 1.0     # s, p50 create+start to sshd listening
 
 
-class Proc(harness.Proc):
-    """harness.Proc with its pid file under PIDS (a test session's cleanup never kills it)."""
-
-    def start(self, extra_env: dict | None = None) -> "Proc":
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        self.log.unlink(missing_ok=True)
-        PIDS.mkdir(parents=True, exist_ok=True)
-        with open(self.log, "ab") as logf:
-            self.popen = subprocess.Popen(self.argv, env={**os.environ, **self.env, **(extra_env or {})},
-                                          cwd=harness.REPO, stdout=logf, stderr=subprocess.STDOUT,
-                                          stdin=subprocess.DEVNULL, start_new_session=True)
-        (PIDS / f"{self.name}.pid").write_text(str(self.popen.pid))
-        return self
-
-    def stop(self, timeout: float = 15) -> None:
-        if self.popen is not None and self.alive():
-            harness._kill_group(self.popen.pid, signal.SIGTERM)
-            try:
-                self.popen.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                harness._kill_group(self.popen.pid)
-                self.popen.wait()
-        (PIDS / f"{self.name}.pid").unlink(missing_ok=True)
-
-
 def kill_own_leftovers() -> None:
-    for pidfile in PIDS.glob("*.pid") if PIDS.is_dir() else []:
-        try:
-            pid = int(pidfile.read_text().strip())
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except (ValueError, FileNotFoundError):
-            cmdline = b""
-        if b"containers.agent" in cmdline or b"celery" in cmdline:
-            harness._kill_group(pid)
-            time.sleep(0.5)
-        pidfile.unlink(missing_ok=True)
+    harness.kill_pidfiles(PIDS)
 
 
 def reset_database(drop_only: bool = False) -> None:
@@ -187,7 +153,7 @@ def main() -> int:
         raise KeyboardInterrupt(f"signal {signum}")
     signal.signal(signal.SIGTERM, _term)
     signal.signal(signal.SIGHUP, _term)
-    procs: list[Proc] = []
+    procs: list[harness.Proc] = []
     kill_own_leftovers()
     harness.clean_node_root(ROOT)
     try:
@@ -226,7 +192,8 @@ def main() -> int:
         argv = list(w.argv)
         argv[argv.index("-n") + 1] = "hakobench-prov@%h"
         a = harness.node_agent(NODE, key, BROKER, ROOT)
-        worker, agent = Proc("bench-prov-worker", argv, w.env), Proc(f"bench-agent-{NODE}", a.argv, a.env)
+        worker = harness.Proc("bench-prov-worker", argv, w.env, pid_dir=PIDS, fresh_log=True)
+        agent = harness.Proc(f"bench-agent-{NODE}", a.argv, a.env, pid_dir=PIDS, fresh_log=True)
         procs += [worker, agent]
         worker.start()
         agent.start()

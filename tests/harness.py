@@ -96,6 +96,24 @@ def lock_test_root() -> None:
         fcntl.flock(_LOCK, fcntl.LOCK_EX)
 
 
+def kill_pidfiles(pid_dir: Path, only: tuple[bytes, ...] = (b"containers.agent", b"celery")) -> None:
+    """Kill the processes of a killed earlier run recorded in ``pid_dir``, but only if the
+    pid still belongs to one of ours (checked by command line: pids get reused)."""
+    for pidfile in pid_dir.glob("*.pid") if pid_dir.is_dir() else []:
+        try:
+            pid = int(pidfile.read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (ValueError, FileNotFoundError, ProcessLookupError):
+            cmdline = b""
+        if any(marker in cmdline for marker in only):
+            _kill_group(pid)
+            for _ in range(100):
+                if not Path(f"/proc/{pid}").exists():
+                    break
+                time.sleep(0.05)
+        pidfile.unlink(missing_ok=True)
+
+
 def clean_leftovers() -> None:
     if PIDS.is_dir():
         for pidfile in PIDS.glob("*.pid"):
@@ -111,22 +129,37 @@ def clean_leftovers() -> None:
 
 
 class Proc:
-    """A child process in its own session, with a pid file and a log file."""
+    """A child process in its own session, with a pid file and a log file.
 
-    def __init__(self, name: str, argv: list[str], env: dict):
+    ``pid_dir`` keeps the pid files of a separate owner (a benchmark) out of the tests'
+    PIDS, so that a test session's ``clean_leftovers`` never kills it; ``fresh_log`` starts
+    each run with an empty log.
+    """
+
+    def __init__(self, name: str, argv: list[str], env: dict, *, pid_dir: Path | None = None,
+                 fresh_log: bool = False):
         self.name, self.argv, self.env = name, argv, env
+        self.pid_dir = pid_dir or PIDS
+        self.fresh_log = fresh_log
         self.log = TEST_ROOT / "log" / f"{name}.log"
         self.popen: subprocess.Popen | None = None
 
+    @property
+    def pidfile(self) -> Path:
+        return self.pid_dir / f"{self.name}.pid"
+
     def start(self, extra_env: dict | None = None) -> "Proc":
         self.log.parent.mkdir(parents=True, exist_ok=True)
+        self.pid_dir.mkdir(parents=True, exist_ok=True)
+        if self.fresh_log:
+            self.log.unlink(missing_ok=True)
         env = {**os.environ, **self.env, **(extra_env or {})}
         self.log_offset = self.log.stat().st_size if self.log.exists() else 0
         logf = open(self.log, "ab")
         self.popen = subprocess.Popen(self.argv, env=env, cwd=REPO, stdout=logf, stderr=subprocess.STDOUT,
                                       stdin=subprocess.DEVNULL, start_new_session=True)
         logf.close()
-        (PIDS / f"{self.name}.pid").write_text(str(self.popen.pid))
+        self.pidfile.write_text(str(self.popen.pid))
         return self
 
     def alive(self) -> bool:
@@ -137,7 +170,7 @@ class Proc:
         if self.popen is not None:
             _kill_group(self.popen.pid)
             self.popen.wait(timeout=30)
-            (PIDS / f"{self.name}.pid").unlink(missing_ok=True)
+            self.pidfile.unlink(missing_ok=True)
 
     def stop(self, timeout: float = 15) -> None:
         if self.popen is None or not self.alive():
@@ -147,7 +180,7 @@ class Proc:
             self.popen.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.kill()
-        (PIDS / f"{self.name}.pid").unlink(missing_ok=True)
+        self.pidfile.unlink(missing_ok=True)
 
     def log_since_start(self) -> str:
         """What this process wrote since its last start (the log file keeps older runs)."""

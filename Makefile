@@ -2,7 +2,7 @@
 PYTHON := .venv/bin/python
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test bench bench-provision bench-density bench-provision
+.PHONY: help setup run test bench bench-provision bench-density
 
 help:
 	@echo "Hako make targets:"

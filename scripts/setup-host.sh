@@ -141,9 +141,9 @@ if [ ! -x .venv/bin/python ]; then
     /usr/bin/python3 -m venv .venv
 fi
 stamp=.venv/.requirements.stamp
-if [ ! -e "$stamp" ] || [ requirements.txt -nt "$stamp" ]; then
-    say "venv: pip install -r requirements.txt"
-    .venv/bin/pip install -q -r requirements.txt
+if [ ! -e "$stamp" ] || [ requirements.txt -nt "$stamp" ] || [ requirements-test.txt -nt "$stamp" ]; then
+    say "venv: pip install -r requirements-test.txt (includes requirements.txt)"
+    .venv/bin/pip install -q -r requirements-test.txt
     touch "$stamp"
 else
     say "venv: requirements up to date"

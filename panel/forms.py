@@ -74,3 +74,124 @@ class VEDestroyForm(forms.Form):
         if value != self.hostname:
             raise forms.ValidationError(_("This is not the VE's hostname; nothing was destroyed."))
         return value
+
+
+# --- quotas --------------------------------------------------------------------------------
+
+QUOTA_LABELS = {"max_ves": _("VEs"), "memory": _("Memory"), "disk": _("Disk"), "cpuunits": _("CPU units"),
+                "addresses": _("Addresses"), "backups": _("Backups")}
+
+
+class ServiceErrorsMixin:
+    def add_service_error(self, error) -> None:
+        """Show a ServiceError next to the field it names (or above the form)."""
+        self.add_error(error.field if error.field in self.fields else None, error.message)
+
+
+def _amount_fields(form, help_text) -> None:
+    from panel.services.quotas import FIELDS
+
+    for name in FIELDS:
+        form.fields[name] = forms.CharField(label=QUOTA_LABELS[name], max_length=24, required=False,
+                                            help_text=help_text)
+
+
+def _filled_amounts(form) -> dict:
+    from panel.services.quotas import FIELDS
+
+    return {f: form.cleaned_data[f].strip() for f in FIELDS if form.cleaned_data.get(f, "").strip()}
+
+
+class QuotaRequestForm(ServiceErrorsMixin, forms.Form):
+    """Ask for higher limits: the new limit wanted for each quota to raise (blank: keep),
+    and why. The amounts are parsed and checked by ``quota_request_create``."""
+
+    reason = forms.CharField(label=_("Reason"), max_length=2000, widget=forms.Textarea(attrs={"rows": 3}))
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        reason = self.fields.pop("reason")
+        _amount_fields(self, _("The new limit wanted; blank keeps the current one. Sizes like 8G."))
+        self.fields["reason"] = reason
+
+    def amounts(self) -> dict:
+        return _filled_amounts(self)
+
+
+class QuotaApproveForm(ServiceErrorsMixin, forms.Form):
+    """Approve a quota request as asked, or with other amounts for some quotas."""
+
+    version = forms.IntegerField(widget=forms.HiddenInput)
+    reason = forms.CharField(label=_("Reason (optional)"), max_length=2000, required=False,
+                             widget=forms.Textarea(attrs={"rows": 2}))
+
+    def __init__(self, *args, request=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.request = request
+        reason = self.fields.pop("reason")
+        _amount_fields(self, _("Blank grants the requested amount."))
+        self.fields["reason"] = reason
+        if request is not None:
+            self.fields["version"].initial = request.version
+            for f in self.fields:
+                self.fields[f].widget.attrs.setdefault("id", f"id_{request.pk}_approve_{f}")
+
+    def amounts(self) -> dict | None:
+        """None: as asked; otherwise the requested amounts with the ones given replaced."""
+        given = _filled_amounts(self)
+        return {**self.request.amounts, **given} if given else None
+
+
+class QuotaDenyForm(ServiceErrorsMixin, forms.Form):
+    version = forms.IntegerField(widget=forms.HiddenInput)
+    reason = forms.CharField(label=_("Reason"), max_length=2000, widget=forms.Textarea(attrs={"rows": 2}))
+
+    def __init__(self, *args, request=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        if request is not None:
+            self.fields["version"].initial = request.version
+            for f in self.fields:
+                self.fields[f].widget.attrs.setdefault("id", f"id_{request.pk}_deny_{f}")
+
+
+class SuspendForm(ServiceErrorsMixin, forms.Form):
+    """Suspend or lift a suspension (source: admin); suspending needs a reason."""
+
+    reason = forms.CharField(label=_("Reason"), max_length=500, required=False)
+
+
+class AuditFilterForm(forms.Form):
+    """Filters of the audit log pages; dates are whole days in UTC, both included."""
+
+    action = forms.CharField(label=_("Action"), max_length=64, required=False,
+                             help_text=_("Exact, or a prefix ending in a dot such as ve."))
+    since = forms.DateField(label=_("From"), required=False, widget=forms.DateInput(attrs={"type": "date"}))
+    until = forms.DateField(label=_("To"), required=False, widget=forms.DateInput(attrs={"type": "date"}))
+
+    def __init__(self, *args, staff: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        if staff:
+            self.fields["tenant"] = forms.CharField(label=_("Tenant"), max_length=63, required=False)
+            self.fields["actor"] = forms.CharField(label=_("User"), max_length=150, required=False)
+            self.fields["result"] = forms.ChoiceField(label=_("Result"), required=False, choices=[
+                ("", _("Any result")), ("ok", _("ok")), ("noop", _("no change")), ("denied", _("denied"))])
+
+    def filters(self) -> dict:
+        """Keyword arguments for ``selectors.audit_for`` (invalid fields are left out)."""
+        from datetime import datetime, time, timedelta
+
+        from django.utils import timezone
+
+        self.is_valid()  # the fields that are valid still filter
+        data = getattr(self, "cleaned_data", {})
+        out = {}
+        for key in ("action", "actor", "result"):
+            if data.get(key):
+                out[key] = data[key].replace("\x00", "")
+        if data.get("tenant"):
+            out["tenant"] = data["tenant"].replace("\x00", "")
+        if data.get("since"):
+            out["since"] = timezone.make_aware(datetime.combine(data["since"], time.min))
+        if data.get("until"):
+            out["until"] = timezone.make_aware(datetime.combine(data["until"] + timedelta(days=1), time.min))
+        return out

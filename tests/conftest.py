@@ -60,7 +60,7 @@ def stack(django_db_setup, django_db_blocker):
     # close them so that pytest-django can drop the test database.
     from django.db import connection as conn
 
-    with conn.cursor() as cur:
+    with django_db_blocker.unblock(), conn.cursor() as cur:
         cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                     "WHERE datname = current_database() AND pid <> pg_backend_pid()")
     harness.clean_node_root(root)

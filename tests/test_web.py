@@ -14,7 +14,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
-from panel.models import VE, Job, Membership, OSTemplate
+from panel.models import VE, Job, Membership, OSTemplate, QuotaRequest, Suspension
 from panel.services import ves as svc
 from tests.tenancy import idle_node, make_user, people, settle  # noqa: F401
 
@@ -42,7 +42,7 @@ def panel_object_urls():
             if isinstance(p, URLResolver):
                 walk(p.url_patterns, p.namespace or ns)
             elif isinstance(p, URLPattern) and ns == "panel":
-                for kw in ("ve_id", "job_id"):
+                for kw in ("ve_id", "job_id", "request_id", "tenant_id"):
                     if f"<uuid:{kw}>" in str(p.pattern):
                         found.append((f"panel:{p.name}", kw))
     walk(resolver.url_patterns, None)
@@ -95,22 +95,30 @@ def test_the_sign_in_page_has_labelled_inputs(client):
 def test_it_denies_other_tenant_on_every_object_url(client, idle_node, people, other_tenant):
     theirs = make_ve(other_tenant, "zz-hidden-host")
     their_job = Job.objects.get(ve=theirs)
+    their_request = QuotaRequest.objects.create(tenant=other_tenant, amounts={"max_ves": 9}, reason="zz-hidden-host")
+    their_ids = {"ve_id": theirs.pk, "job_id": their_job.pk, "request_id": their_request.pk,
+                 "tenant_id": other_tenant.pk}
     urls = panel_object_urls()
-    post_only = {"panel:ve-start", "panel:ve-stop", "panel:ve-restart", "panel:ve-destroy"}
+    post_only = {"panel:ve-start", "panel:ve-stop", "panel:ve-restart", "panel:ve-destroy",
+                 "panel:staff-quota-approve", "panel:staff-quota-deny", "panel:staff-tenant-suspend",
+                 "panel:staff-tenant-unsuspend"}
     names = {name for name, _ in urls}
     assert {"panel:ve-detail", "panel:ve-start", "panel:ve-stop", "panel:ve-restart", "panel:ve-destroy",
-            "panel:ve-status", "panel:job-detail", "panel:job-log"} <= names
+            "panel:ve-status", "panel:job-detail", "panel:job-log"} | post_only <= names
     signed_in(client, people.owner)
     for name, kw in urls:
-        for obj_id in ((theirs.pk if kw == "ve_id" else their_job.pk), uuid.uuid4()):
+        for obj_id in (their_ids[kw], uuid.uuid4()):
             url = reverse(name, kwargs={kw: obj_id})
-            for r, method in ((client.get(url), "GET"), (client.post(url, {"confirm": "zz-hidden-host"}), "POST")):
+            data = {"confirm": "zz-hidden-host", "reason": "zz", "version": "1"}
+            for r, method in ((client.get(url), "GET"), (client.post(url, data), "POST")):
                 # A POST-only URL answers GET with 405 whether the object exists or not.
                 expected = 405 if method == "GET" and name in post_only else 404
                 assert r.status_code == expected, f"{method} {name}: {r.status_code}"
                 assert b"zz-hidden-host" not in r.content
     theirs.refresh_from_db()
     assert list(Job.objects.filter(ve=theirs).values_list("kind", flat=True)) == ["create"]
+    their_request.refresh_from_db()
+    assert their_request.state == "pending" and not Suspension.objects.exists()
 
 
 def test_lists_show_only_the_current_tenant(client, idle_node, people, tenant, other_tenant):
@@ -337,7 +345,9 @@ def test_the_staff_area_is_for_staff_only(client, idle_node, people, tenant, oth
     a = make_ve(tenant, "alpha")
     make_ve(other_tenant, "beta")
     signed_in(client, people.owner)
-    for name in ("panel:staff-nodes", "panel:staff-ves", "panel:staff-jobs"):
+    for name in ("panel:staff-nodes", "panel:staff-ves", "panel:staff-jobs", "panel:staff-quota-requests",
+                 "panel:staff-tenants", "panel:staff-plans", "panel:staff-pools", "panel:staff-templates",
+                 "panel:staff-audit"):
         assert client.get(reverse(name)).status_code == 403, name
     signed_in(client, people.staff)
     html = client.get(reverse("panel:staff-nodes")).content.decode()

@@ -17,6 +17,10 @@ LABELS = {
     "create": _("create"), "start": _("start"), "stop": _("stop"), "restart": _("restart"),
     "destroy": _("destroy"), "set": _("change"), "exec": _("run command"), "status": _("status"),
     "owner": _("owner"), "operator": _("operator"), "viewer": _("viewer"),
+    "approved": _("approved"), "denied": _("denied"), "superseded": _("superseded"),
+    "admin": _("administrator"), "billing": _("billing"), "abuse": _("abuse"),
+    "max_ves": _("VEs"), "memory": _("memory"), "disk": _("disk"), "cpuunits": _("CPU units"),
+    "addresses": _("addresses"), "backups": _("backups"),
 }
 
 
@@ -35,3 +39,14 @@ def size(value) -> str:
 @register.filter
 def get(mapping, key):
     return mapping.get(key) if isinstance(mapping, dict) else None
+
+
+@register.filter
+def quota_amounts(amounts) -> list:
+    """A quota request's amounts ({field: value}) as (translated name, readable amount)."""
+    from panel.services.quotas import FIELDS, show
+
+    if not isinstance(amounts, dict):
+        return []
+    return [(LABELS.get(f, f), _("unlimited") if amounts[f] is None else show(f, amounts[f]))
+            for f in FIELDS if f in amounts]

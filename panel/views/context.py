@@ -11,6 +11,7 @@ def panel(request) -> dict:
         return {}
     tenant = current_tenant(request)
     name = getattr(getattr(request, "resolver_match", None), "url_name", "") or ""
-    nav = "staff" if name.startswith("staff-") else "jobs" if name.startswith("job-") else "ves"
+    nav = ("staff" if name.startswith("staff-") else "jobs" if name.startswith("job-")
+           else name if name in ("quota", "audit", "account") else "ves")
     return {"nav": nav, "current_tenant": tenant, "current_role": role_of(request, tenant) if tenant else None,
             "switchable_tenants": switchable_tenants(user)}

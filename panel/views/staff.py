@@ -1,16 +1,28 @@
-"""The staff area: the fleet's nodes, every VE and every job, with filters. Staff only;
+"""The staff area: the fleet's nodes, every VE and job, the quota request queue, tenants
+(with suspension), plans, IP pools, OS templates and the whole audit log. Staff only;
 Django's own admin stays at /admin/."""
 from __future__ import annotations
 
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.shortcuts import render
+from django.db.models import Count, Prefetch, Q
+from django.shortcuts import redirect, render
 from django.utils import timezone
+from django.utils.translation import gettext as _
+from django.views.decorators.http import require_POST
 
-from panel import access
-from panel.models import Node, Tenant
+from panel import access, selectors
+from panel.forms import AuditFilterForm, QuotaApproveForm, QuotaDenyForm, SuspendForm
+from panel.models import IPPool, Membership, Node, Suspension, Tenant
+from panel.services import quotas as quota_services
+from panel.services import suspensions as suspension_services
+from panel.services import templates as template_services
+from panel.services.errors import Forbidden, NotFound, ServiceError
+from panel.services.quotas import quota_overview
 
 from .common import http_errors
 from .lists import JOB_STATES, VE_STATES, job_kinds, job_list, node_list, page_of, ve_list
+from .tenant import audit_page
 
 
 def _staff(request) -> None:
@@ -51,3 +63,157 @@ def staff_jobs_view(request):
     return render(request, "staff/jobs.html", {
         "page": page_of(qs, request.GET.get("page")), "states": JOB_STATES, "kinds": job_kinds(request.user, None),
         "f": f, **_filter_choices()})
+
+
+# --- quota requests, tenants, plans, pools, templates, audit ---------------------------------
+
+def _decision_forms(req, approve=None, deny=None) -> dict:
+    return {"req": req, "approve_form": approve or QuotaApproveForm(request=req),
+            "deny_form": deny or QuotaDenyForm(request=req)}
+
+
+def _queue_page(request, failed=None, status: int = 200):
+    """The pending queue; ``failed`` is (request id, approve form, deny form) to show again."""
+    with http_errors():
+        queue = list(selectors.quota_request_queue(request.user)[:200])
+    rows = []
+    for req in queue:
+        if failed and failed[0] == req.pk:
+            rows.append(_decision_forms(req, failed[1], failed[2]))
+        else:
+            rows.append(_decision_forms(req))
+    return render(request, "staff/quota_requests.html", {"rows": rows}, status=status)
+
+
+@login_required
+def staff_quota_requests_view(request):
+    return _queue_page(request)
+
+
+def _decide(kind: str):
+    @login_required
+    @require_POST
+    def view(request, request_id):
+        with http_errors():
+            # Another tenant's request is a 404 for a customer, like every object URL; the
+            # service then refuses anyone who is not staff, or is the requester.
+            req = access.quota_request_get(request.user, request_id)
+            access.require_staff(request.user, what="deciding quota requests", source="web")
+            form_cls = QuotaApproveForm if kind == "approve" else QuotaDenyForm
+            form = form_cls(request.POST, request=req)
+            if form.is_valid():
+                try:
+                    if kind == "approve":
+                        quota_services.quota_request_approve(
+                            request=req, actor=request.user, amounts=form.amounts(), source="web",
+                            reason=form.cleaned_data["reason"], version=form.cleaned_data["version"])
+                    else:
+                        quota_services.quota_request_deny(
+                            request=req, actor=request.user, source="web",
+                            reason=form.cleaned_data["reason"], version=form.cleaned_data["version"])
+                except NotFound:
+                    raise
+                except ServiceError as e:
+                    form.add_service_error(e)
+                else:
+                    done = _("Quota request of %(tenant)s approved.") if kind == "approve" else \
+                        _("Quota request of %(tenant)s denied.")
+                    messages.success(request, done % {"tenant": req.tenant.name})
+                    return redirect("panel:staff-quota-requests")
+        req.refresh_from_db(fields=["state", "version"])
+        if req.state != req.State.PENDING:
+            messages.error(request, " ".join(form.non_field_errors()) or _("This request is no longer pending."))
+            return redirect("panel:staff-quota-requests")
+        forms = (req.pk, form, None) if kind == "approve" else (req.pk, None, form)
+        return _queue_page(request, failed=forms, status=400)
+    return view
+
+
+staff_quota_approve_view = _decide("approve")
+staff_quota_deny_view = _decide("deny")
+
+
+@login_required
+def staff_tenants_view(request):
+    """Every tenant with its members, quota use and active suspensions."""
+    _staff(request)
+    q = request.GET.get("q", "").replace("\x00", "").strip()[:63]
+    qs = Tenant.objects.order_by("name").prefetch_related(
+        Prefetch("memberships", queryset=Membership.objects.select_related("user").order_by("user__username")),
+        Prefetch("suspensions", queryset=Suspension.objects.filter(lifted_at__isnull=True, ve__isnull=True),
+                 to_attr="active_suspensions"))
+    if q:
+        qs = qs.filter(Q(slug__icontains=q) | Q(name__icontains=q))
+    page = page_of(qs, request.GET.get("page"))
+    rows = [{"tenant": t, "quota": quota_overview(t)}
+            for t in page.object_list]
+    return render(request, "staff/tenants.html", {"page": page, "rows": rows, "q": q})
+
+
+def _suspension(kind: str):
+    @login_required
+    @require_POST
+    def view(request, tenant_id):
+        with http_errors():
+            tenant = access.tenant_get(request.user, tenant_id)
+            form = SuspendForm(request.POST)
+            if form.is_valid():
+                try:
+                    if kind == "suspend":
+                        suspension_services.tenant_suspend(tenant=tenant, by=Suspension.Source.ADMIN, source="web",
+                                                           actor=request.user, reason=form.cleaned_data["reason"])
+                    else:
+                        suspension_services.tenant_unsuspend(tenant=tenant, by=Suspension.Source.ADMIN,
+                                                             source="web", actor=request.user,
+                                                             reason=form.cleaned_data["reason"])
+                except (NotFound, Forbidden):
+                    raise
+                except ServiceError as e:
+                    messages.error(request, f"{tenant.name}: {e.message}")
+                    return redirect("panel:staff-tenants")
+        if not form.is_valid():
+            messages.error(request, " ".join(e for errs in form.errors.values() for e in errs))
+        elif kind == "suspend":
+            messages.success(request, _("%(tenant)s is suspended: its VEs are stopped.") % {"tenant": tenant.name})
+        else:
+            messages.success(request, _("The suspension of %(tenant)s by an administrator is lifted.")
+                             % {"tenant": tenant.name})
+        return redirect("panel:staff-tenants")
+    return view
+
+
+staff_tenant_suspend_view = _suspension("suspend")
+staff_tenant_unsuspend_view = _suspension("unsuspend")
+
+
+@login_required
+def staff_plans_view(request):
+    _staff(request)
+    plans = access.plans_for(request.user).annotate(
+        ve_count=Count("ves", filter=~Q(ves__state="destroyed"))).order_by("name")
+    return render(request, "staff/plans.html", {"plans": plans})
+
+
+@login_required
+def staff_pools_view(request):
+    _staff(request)
+    pools = IPPool.objects.annotate(used=Count("allocations", distinct=True)).prefetch_related("nodes").order_by("name")
+    return render(request, "staff/pools.html", {"pools": pools})
+
+
+@login_required
+def staff_templates_view(request):
+    _staff(request)
+    return render(request, "staff/templates.html", {"templates": template_services.template_list()})
+
+
+@login_required
+def staff_audit_view(request):
+    """The whole audit log, filterable by tenant, user, action, result and date."""
+    _staff(request)
+    form = AuditFilterForm(request.GET, staff=True)
+    filters = form.filters()
+    if "tenant" in filters and not Tenant.objects.filter(slug=filters["tenant"][:63]).exists():
+        form.add_error("tenant", _("No tenant has this slug."))
+        return audit_page(request, {}, form, "staff/audit.html", {}, empty=True)
+    return audit_page(request, filters, form, "staff/audit.html", {})

@@ -1,7 +1,7 @@
 """URLs of the browser panel (namespace ``panel``). Object ids in URLs are UUIDs."""
 from django.urls import path
 
-from . import accounts, jobs, staff, ves
+from . import accounts, jobs, staff, tenant, ves
 
 app_name = "panel"
 
@@ -19,7 +19,22 @@ urlpatterns = [
     path("jobs/", jobs.job_list_view, name="job-list"),
     path("jobs/<uuid:job_id>/", jobs.job_detail_view, name="job-detail"),
     path("jobs/<uuid:job_id>/log/", jobs.job_log_view, name="job-log"),
+    path("quota/", tenant.quota_view, name="quota"),
+    path("audit/", tenant.audit_view, name="audit"),
+    path("account/", tenant.account_view, name="account"),
     path("staff/", staff.staff_nodes_view, name="staff-nodes"),
     path("staff/ves/", staff.staff_ves_view, name="staff-ves"),
     path("staff/jobs/", staff.staff_jobs_view, name="staff-jobs"),
+    path("staff/quota-requests/", staff.staff_quota_requests_view, name="staff-quota-requests"),
+    path("staff/quota-requests/<uuid:request_id>/approve/", staff.staff_quota_approve_view,
+         name="staff-quota-approve"),
+    path("staff/quota-requests/<uuid:request_id>/deny/", staff.staff_quota_deny_view, name="staff-quota-deny"),
+    path("staff/tenants/", staff.staff_tenants_view, name="staff-tenants"),
+    path("staff/tenants/<uuid:tenant_id>/suspend/", staff.staff_tenant_suspend_view, name="staff-tenant-suspend"),
+    path("staff/tenants/<uuid:tenant_id>/unsuspend/", staff.staff_tenant_unsuspend_view,
+         name="staff-tenant-unsuspend"),
+    path("staff/plans/", staff.staff_plans_view, name="staff-plans"),
+    path("staff/pools/", staff.staff_pools_view, name="staff-pools"),
+    path("staff/templates/", staff.staff_templates_view, name="staff-templates"),
+    path("staff/audit/", staff.staff_audit_view, name="staff-audit"),
 ]

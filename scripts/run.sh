@@ -68,7 +68,8 @@ say "node $HAKO_NODE_NAME, data $HAKO_DATA"
 say "migrating the database"
 "$PY" manage.py migrate --noinput >"$LOG_DIR/migrate.log" 2>&1 \
     || { cat "$LOG_DIR/migrate.log" >&2; exit 1; }
-"$PY" manage.py hako_bootstrap --node "$HAKO_NODE_NAME" --agent-env "$AGENT_ENV"
+"$PY" manage.py hako_bootstrap --node "$HAKO_NODE_NAME" --agent-env "$AGENT_ENV" \
+    --node-root "$HAKO_DATA/node-$HAKO_NODE_NAME"
 [ -r "$AGENT_ENV" ] || { say "hako_bootstrap did not write $AGENT_ENV" >&2; exit 1; }
 
 # Each process: own session, stdin from /dev/null, its own log. In a non-interactive

@@ -145,7 +145,8 @@ def staff_tenants_view(request):
     if q:
         qs = qs.filter(Q(slug__icontains=q) | Q(name__icontains=q))
     page = page_of(qs, request.GET.get("page"))
-    rows = [{"tenant": t, "quota": quota_overview(t)}
+    rows = [{"tenant": t, "quota": quota_overview(t),
+             "by_admin": any(s.source == Suspension.Source.ADMIN for s in t.active_suspensions)}
             for t in page.object_list]
     return render(request, "staff/tenants.html", {"page": page, "rows": rows, "q": q})
 

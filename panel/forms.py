@@ -126,6 +126,8 @@ class QuotaApproveForm(ServiceErrorsMixin, forms.Form):
                              widget=forms.Textarea(attrs={"rows": 2}))
 
     def __init__(self, *args, request=None, **kwargs):
+        if request is not None:  # one form per request on the queue page: ids must differ
+            kwargs.setdefault("auto_id", f"id_{request.pk}_approve_%s")
         super().__init__(*args, **kwargs)
         self.request = request
         reason = self.fields.pop("reason")
@@ -133,8 +135,6 @@ class QuotaApproveForm(ServiceErrorsMixin, forms.Form):
         self.fields["reason"] = reason
         if request is not None:
             self.fields["version"].initial = request.version
-            for f in self.fields:
-                self.fields[f].widget.attrs.setdefault("id", f"id_{request.pk}_approve_{f}")
 
     def amounts(self) -> dict | None:
         """None: as asked; otherwise the requested amounts with the ones given replaced."""
@@ -147,11 +147,11 @@ class QuotaDenyForm(ServiceErrorsMixin, forms.Form):
     reason = forms.CharField(label=_("Reason"), max_length=2000, widget=forms.Textarea(attrs={"rows": 2}))
 
     def __init__(self, *args, request=None, **kwargs):
+        if request is not None:
+            kwargs.setdefault("auto_id", f"id_{request.pk}_deny_%s")
         super().__init__(*args, **kwargs)
         if request is not None:
             self.fields["version"].initial = request.version
-            for f in self.fields:
-                self.fields[f].widget.attrs.setdefault("id", f"id_{request.pk}_deny_{f}")
 
 
 class SuspendForm(ServiceErrorsMixin, forms.Form):

@@ -481,3 +481,82 @@ class DomainEvent(models.Model):
 
     def __str__(self):
         return f"{self.kind} {self.uuid}"
+
+
+class BillingAccount(models.Model):
+    """A billing system (WHMCS, Blesta, ...) that drives Hako through ``/api/billing/v1``.
+
+    It is its own principal: it sees only the tenants and VEs it created or linked
+    (BillingLink), so two billing systems on one panel never see each other's objects.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    name = models.SlugField(max_length=63, unique=True)
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self):
+        return self.name
+
+
+class BillingToken(models.Model):
+    """A bearer token of a billing account: ``hko_<prefix>_<secret>``, shown once.
+
+    Only the SHA-256 of the whole token is stored; ``prefix`` (random, not secret) finds the
+    row, so a lookup is one indexed query and a constant-time hash comparison.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    account = models.ForeignKey(BillingAccount, on_delete=models.CASCADE, related_name="tokens")
+    prefix = models.CharField(max_length=16, unique=True)
+    token_hash = models.CharField(max_length=64)
+    scopes = models.JSONField(default=list, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self):
+        return f"hko_{self.prefix}_… ({self.account_id})"
+
+
+class BillingLink(models.Model):
+    """Maps a billing system's own id (``external_id``) to a Hako tenant or VE, so billing
+    URLs accept ``ext:<external_id>``; the link is also what scopes a billing account's view
+    (an object without a link of that account is a 404 to it). ``external_id`` is optional
+    (NULL: linked without one) and unique per account and kind."""
+
+    class Kind(models.TextChoices):
+        TENANT = "tenant"
+        VE = "ve"
+
+    account = models.ForeignKey(BillingAccount, on_delete=models.CASCADE, related_name="links")
+    kind = models.CharField(max_length=8, choices=Kind.choices)
+    external_id = models.CharField(max_length=128, null=True, blank=True)
+    object_id = models.UUIDField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["account", "kind", "external_id"], name="billing_link_external_unique"),
+            models.UniqueConstraint(fields=["account", "kind", "object_id"], name="billing_link_object_unique"),
+        ]
+
+
+class IdempotencyRecord(models.Model):
+    """One ``Idempotency-Key`` of a billing account: inserted (committed) before the call
+    runs, so a concurrent duplicate finds it without a response (409) and a later replay
+    gets the stored status and body. ``request_hash`` refuses the same key on another body."""
+
+    account = models.ForeignKey(BillingAccount, on_delete=models.CASCADE, related_name="idempotency_records")
+    key = models.CharField(max_length=255)
+    method = models.CharField(max_length=8)
+    path = models.CharField(max_length=512)
+    request_hash = models.CharField(max_length=64)
+    status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    response_body = models.JSONField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["account", "key"], name="idempotency_key_unique")]

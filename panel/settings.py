@@ -78,8 +78,31 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "panel",
 ]
+
+# Django REST framework serves the APIs (panel/api/); each API sets its own authentication,
+# permissions and problem+json exception handler, so nothing global beyond the schema class.
+REST_FRAMEWORK = {
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_AUTHENTICATION_CLASSES": [],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Hako billing API",
+    "DESCRIPTION": "The API billing systems (WHMCS, Blesta, ...) drive Hako with: create, suspend, "
+                   "unsuspend, terminate and change plan. Bearer tokens; Idempotency-Key on every "
+                   "mutating call; errors are RFC 9457 problem+json.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    # Swagger UI and Redoc from drf-spectacular-sidecar, served by the app: no CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+}
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
@@ -95,6 +118,12 @@ MIDDLEWARE = [
 
 ROOT_URLCONF = "panel.urls"
 TEMPLATES = [{
+    # Hot list partials only (panel/jinja2/): see panel/jinja2_env.py.
+    "BACKEND": "django.template.backends.jinja2.Jinja2",
+    "DIRS": [],
+    "APP_DIRS": True,
+    "OPTIONS": {"environment": "panel.jinja2_env.environment"},
+}, {
     "BACKEND": "django.template.backends.django.DjangoTemplates",
     "DIRS": [BASE_DIR / "templates"],
     "APP_DIRS": True,

@@ -23,5 +23,6 @@ urlpatterns = [
          name="password_reset_confirm"),
     path("accounts/reset/done/", auth_views.PasswordResetCompleteView.as_view(), name="password_reset_complete"),
     path("i18n/", include("django.conf.urls.i18n")),
+    path("", include("panel.api.billing_urls")),  # /api/billing/v1/ (issue 8)
     path("", include("panel.views.urls")),
 ]

@@ -27,8 +27,14 @@ def _sort(qs, sort: str, allowed: dict, default: str):
     return qs.order_by(("-" if sort.startswith("-") else "") + field, "veid"), sort
 
 
-def page_of(qs, page_number) -> Page:
-    return Paginator(qs, PAGE_SIZE).get_page(page_number)
+PAGE_SIZES = (50, 100, 500, 1000)
+
+
+def page_of(qs, page_number, per_page=None) -> Page:
+    """One page of ``qs``; ``per_page`` is one of PAGE_SIZES (anything else: the default),
+    so a provider can see a whole 1,000-VE tenant at once without an unbounded page."""
+    size = int(per_page) if str(per_page) in {str(n) for n in PAGE_SIZES} else PAGE_SIZE
+    return Paginator(qs, size).get_page(page_number)
 
 
 def ve_list(user, tenant: Tenant | None, *, state: str = "", q: str = "", sort: str = "",

@@ -4,7 +4,9 @@ from __future__ import annotations
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.shortcuts import redirect, render
+from django.template.loader import render_to_string
 from django.urls import reverse
+from django.utils.safestring import mark_safe
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_http_methods, require_POST
 
@@ -13,9 +15,10 @@ from panel.forms import VECreateForm, VEDestroyForm
 from panel.models import VE, Job, Membership
 from panel.services import ves as ve_services
 from panel.services.errors import Forbidden, NotFound, ServiceError
+from panel.templatetags.hako import LABELS, size
 
 from .common import can_operate, current_tenant, http_errors, require_tenant, role_of
-from .lists import VE_STATES, job_list, page_of, ve_list
+from .lists import PAGE_SIZES, VE_STATES, job_list, page_of, ve_list
 
 TRANSIENT = (VE.State.CREATING, VE.State.STARTING, VE.State.STOPPING)
 
@@ -28,9 +31,19 @@ def ve_list_view(request):
     state, q, sort = request.GET.get("state", ""), request.GET.get("q", "").strip(), request.GET.get("sort", "")
     qs, sort = ve_list(request.user, tenant, state=state, q=q, sort=sort)
     role = role_of(request, tenant)
+    # Only the columns the rows show: at 1,000 rows, building full model instances with
+    # three joined models cost as much as rendering them.
+    qs = qs.select_related(None).select_related("template").only(
+        "id", "veid", "state", "nproc", "addresses", "hostname", "memory", "disk", "template__name")
+    page = page_of(qs, request.GET.get("page"), request.GET.get("per_page"))
+    # The rows come from a Jinja2 partial: Django's engine took ~150 ms for 1,000 rows.
+    rows_html = render_to_string("ves/_rows.html", {
+        "rows": page.object_list, "ve_base": reverse("panel:ve-list"), "size": size,
+        "labels": {k: str(v) for k, v in LABELS.items()}}, using="jinja2")
     return render(request, "ves/list.html", {
-        "page": page_of(qs, request.GET.get("page")), "states": VE_STATES, "state": state, "q": q,
-        "sort": sort, "can_operate": can_operate(role), "filtered": bool(state or q)})
+        "page": page, "rows_html": mark_safe(rows_html), "states": VE_STATES,
+        "state": state, "q": q, "sort": sort, "can_operate": can_operate(role), "filtered": bool(state or q),
+        "per_page": request.GET.get("per_page", ""), "page_sizes": PAGE_SIZES})
 
 
 def _ve_context(request, ve: VE, **extra) -> dict:

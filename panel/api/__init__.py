@@ -1,0 +1,1 @@
+"""HTTP APIs built with Django REST framework: thin views over panel.services."""

@@ -167,7 +167,9 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = HAKO_DATA / "static"
+# Static files are served by whitenoise straight from the vendored tree (WHITENOISE_USE_FINDERS);
+# a deployment that runs collectstatic sets HAKO_STATIC_ROOT.
+STATIC_ROOT = os.environ.get("HAKO_STATIC_ROOT") or None
 STATICFILES_DIRS = [BASE_DIR / "static"] if (BASE_DIR / "static").exists() else []
 # WhiteNoise serves the vendored assets (static/, pinned in static/vendor/VERSIONS) straight
 # from the source tree, so no collectstatic step is needed on a node or in the embedded default.

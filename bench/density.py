@@ -36,7 +36,8 @@ from tests import harness  # noqa: E402
 ROOT = harness.TEST_ROOT / "bench-density"
 ID_BASE = 1_000_000 + 9_000 * 65536  # far from the tests' and the other benches' ranges
 TEMPLATE_CACHE = Path(os.environ.get("HAKO_TEST_TEMPLATE_CACHE", "/var/lib/hako-test/template-cache"))
-LOOP = "i=0; while [ $i -lt 400000 ]; do i=$((i+1)); done"
+def loop(n: int) -> str:
+    return f"i=0; while [ $i -lt {n} ]; do i=$((i+1)); done"
 
 
 def runtime() -> Runtime:
@@ -70,12 +71,12 @@ def timed(argv: list[str]) -> float:
     return time.perf_counter() - t
 
 
-def overhead(rt: Runtime, reps: int) -> None:
+def overhead(rt: Runtime, reps: int, iterations: int) -> None:
     s = spec(20000, "busybox")
     rt.create(s, 1, lambda m: None)
     rt.start(s, 1, lambda m: None)
-    inside = rt.lxc("attach", s.veid, "--", "/bin/busybox", "sh", "-c", LOOP)
-    outside = ["/bin/busybox", "sh", "-c", LOOP]
+    inside = rt.lxc("attach", s.veid, "--", "/bin/busybox", "sh", "-c", loop(iterations))
+    outside = ["/bin/busybox", "sh", "-c", loop(iterations)]
     timed(inside), timed(outside)  # warm up
     host, ve = [], []
     for _ in range(reps):  # interleaved, so that load drifts hit both sides alike
@@ -122,13 +123,15 @@ def main() -> int:
     ap.add_argument("--busybox", type=int, default=200)
     ap.add_argument("--debian", type=int, default=0)
     ap.add_argument("--overhead-reps", type=int, default=7)
+    ap.add_argument("--loop", type=int, default=3_000_000,
+                    help="iterations of the CPU-bound loop (~6 s: long enough that start-up costs vanish)")
     args = ap.parse_args()
     harness.clean_node_root(ROOT)
     print(f"machine: nproc {os.cpu_count()}, kernel {os.uname().release}, "
           f"MemAvailable {mem_available() / 2**30:.1f} GiB")
     try:
         rt = runtime()
-        overhead(rt, args.overhead_reps)
+        overhead(rt, args.overhead_reps, args.loop)
         if args.busybox:
             density(rt, "busybox", args.busybox)
         if args.debian:

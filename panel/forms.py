@@ -195,3 +195,105 @@ class AuditFilterForm(forms.Form):
         if data.get("until"):
             out["until"] = timezone.make_aware(datetime.combine(data["until"] + timedelta(days=1), time.min))
         return out
+
+
+# --- VE changes ----------------------------------------------------------------------------
+
+class VEResourcesForm(ServiceErrorsMixin, forms.Form):
+    """Change a running or stopped VE's resources (``ve_set``); blank fields stay as they
+    are. Sizes like 512M (a bare number is MiB); the service checks ranges and quota."""
+
+    memory = forms.CharField(label=_("Memory"), max_length=20, required=False,
+                             help_text=_("For example 256M or 1G. Blank keeps the current value."))
+    swap = forms.CharField(label=_("Swap"), max_length=20, required=False)
+    disk = forms.CharField(label=_("Disk"), max_length=20, required=False,
+                           help_text=_("Shrinking the disk needs the VE stopped."))
+    cpuunits = forms.CharField(label=_("CPU weight (cpuunits)"), max_length=12, required=False)
+    cpulimit = forms.CharField(label=_("CPU limit (percent of one core, 0 = none)"), max_length=12, required=False)
+    numproc = forms.CharField(label=_("Process limit (NPROC)"), max_length=12, required=False)
+
+    SIZE_FIELDS = ("memory", "swap", "disk")
+    NUMBER_FIELDS = ("cpuunits", "cpulimit", "numproc")
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("auto_id", "id_res_%s")
+        super().__init__(*args, **kwargs)
+
+    def changes(self) -> dict:
+        """The keyword arguments for ``ve_set``: only the fields filled in. Sizes are parsed
+        by services.validation, whose InvalidInput names the field."""
+        data, out = self.cleaned_data, {}
+        for field in self.SIZE_FIELDS:
+            if data.get(field, "").strip():
+                out[field] = parse_size(data[field].strip(), field=field, default_unit="M")
+        for field in self.NUMBER_FIELDS:
+            if data.get(field, "").strip():
+                out[field] = data[field].strip()
+        return out
+
+
+class VEPlanForm(ServiceErrorsMixin, forms.Form):
+    """Move a VE to a plan (``ve_change_plan``)."""
+
+    plan = forms.ChoiceField(label=_("Plan"))
+
+    def __init__(self, *args, plans=(), **kwargs):
+        kwargs.setdefault("auto_id", "id_plan_%s")
+        super().__init__(*args, **kwargs)
+        self.fields["plan"].choices = [(p.name, p.name) for p in plans]
+
+
+class VEHostnameForm(ServiceErrorsMixin, forms.Form):
+    """Set a VE's hostname (``ve_set``); the service checks it (RFC 1123)."""
+
+    hostname = forms.CharField(label=_("Hostname"), max_length=253)
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("auto_id", "id_host_%s")
+        super().__init__(*args, **kwargs)
+
+
+# --- members -------------------------------------------------------------------------------
+
+ROLE_CHOICES = [("owner", _("owner")), ("operator", _("operator")), ("viewer", _("viewer"))]
+
+
+class MemberInviteForm(ServiceErrorsMixin, forms.Form):
+    """Add a user to the tenant by e-mail: an existing account, or a new one that gets a
+    mail to choose its password. The service checks the address."""
+
+    email = forms.CharField(label=_("E-mail address"), max_length=254)
+    role = forms.ChoiceField(label=_("Role"), choices=ROLE_CHOICES, initial="viewer")
+
+
+class MemberRoleForm(ServiceErrorsMixin, forms.Form):
+    """Change one member's role; ``member`` is the membership's id within the tenant."""
+
+    member = forms.CharField(widget=forms.HiddenInput, max_length=20)
+    role = forms.ChoiceField(label=_("Role"), choices=ROLE_CHOICES)
+
+
+# --- staff: tenants ------------------------------------------------------------------------
+
+class TenantCreateForm(ServiceErrorsMixin, forms.Form):
+    """A new tenant and the e-mail address of its first owner (checked by ``tenant_create``)."""
+
+    slug = forms.CharField(label=_("Slug"), max_length=63,
+                           help_text=_("Lower-case letters, digits and hyphens; used in URLs and exports."))
+    name = forms.CharField(label=_("Name"), max_length=200)
+    owner_email = forms.CharField(label=_("First owner's e-mail address"), max_length=254)
+
+    def add_service_error(self, error) -> None:
+        field = "owner_email" if error.field == "email" else error.field
+        self.add_error(field if field in self.fields else None, error.message)
+
+
+class TenantQuotaForm(ServiceErrorsMixin, forms.Form):
+    """A tenant's limits (``quota_set``): blank keeps a limit, "unlimited" lifts it."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        _amount_fields(self, _("Sizes like 8G; \"unlimited\" for no limit; blank keeps the current one."))
+
+    def amounts(self) -> dict:
+        return _filled_amounts(self)

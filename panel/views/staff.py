@@ -9,11 +9,14 @@ from django.db.models import Count, Prefetch, Q
 from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.utils.translation import gettext as _
-from django.views.decorators.http import require_POST
+from django.urls import reverse
+from django.views.decorators.http import require_http_methods, require_POST
 
 from panel import access, selectors
-from panel.forms import AuditFilterForm, QuotaApproveForm, QuotaDenyForm, SuspendForm
+from panel.forms import (AuditFilterForm, QuotaApproveForm, QuotaDenyForm, SuspendForm, TenantCreateForm,
+                         TenantQuotaForm)
 from panel.models import IPPool, Membership, Node, Suspension, Tenant
+from panel.services import members as member_services
 from panel.services import quotas as quota_services
 from panel.services import suspensions as suspension_services
 from panel.services import templates as template_services
@@ -218,3 +221,52 @@ def staff_audit_view(request):
         form.add_error("tenant", _("No tenant has this slug."))
         return audit_page(request, {}, form, "staff/audit.html", {}, empty=True)
     return audit_page(request, filters, form, "staff/audit.html", {})
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def staff_tenant_create_view(request):
+    """Create a tenant with its first owner (staff)."""
+    _staff(request)
+    form = TenantCreateForm(request.POST if request.method == "POST" else None)
+    if request.method == "POST" and form.is_valid():
+        with http_errors():
+            try:
+                tenant = member_services.tenant_create(
+                    slug=form.cleaned_data["slug"].strip(), name=form.cleaned_data["name"],
+                    owner_email=form.cleaned_data["owner_email"], actor=request.user, source="web",
+                    base_url=request.build_absolute_uri("/"))
+            except (NotFound, Forbidden):
+                raise
+            except ServiceError as e:
+                form.add_service_error(e)
+            else:
+                messages.success(request, _("Tenant %(name)s was created.") % {"name": tenant.name})
+                return redirect(reverse("panel:staff-tenants") + f"#tenant-{tenant.slug}")
+    return render(request, "staff/tenant_form.html", {"form": form}, status=400 if form.errors else 200)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def staff_tenant_quota_view(request, tenant_id):
+    """Edit a tenant's quota limits directly (staff; ``quota_set`` audits it)."""
+    with http_errors():
+        tenant = access.tenant_get(request.user, tenant_id)
+    _staff(request)
+    form = TenantQuotaForm(request.POST if request.method == "POST" else None)
+    if request.method == "POST" and form.is_valid():
+        with http_errors():
+            try:
+                amounts = form.amounts()
+                if not amounts:
+                    raise ServiceError(_("Fill in at least one limit to change."))
+                quota_services.quota_set(tenant=tenant, actor=request.user, source="web", **amounts)
+            except (NotFound, Forbidden):
+                raise
+            except ServiceError as e:
+                form.add_service_error(e)
+            else:
+                messages.success(request, _("The limits of %(name)s were changed.") % {"name": tenant.name})
+                return redirect(reverse("panel:staff-tenants") + f"#tenant-{tenant.slug}")
+    return render(request, "staff/tenant_quota.html", {
+        "form": form, "tenant": tenant, "quota": quota_overview(tenant)}, status=400 if form.errors else 200)

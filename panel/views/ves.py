@@ -6,15 +6,16 @@ from django.contrib.auth.decorators import login_required
 from django.shortcuts import redirect, render
 from django.template.loader import render_to_string
 from django.urls import reverse
+from django.utils.html import format_html
 from django.utils.safestring import mark_safe
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_http_methods, require_POST
 
 from panel import access
-from panel.forms import VECreateForm, VEDestroyForm
+from panel.forms import VECreateForm, VEDestroyForm, VEHostnameForm, VEPlanForm, VEResourcesForm
 from panel.models import VE, Job, Membership
 from panel.services import ves as ve_services
-from panel.services.errors import Forbidden, NotFound, ServiceError
+from panel.services.errors import Forbidden, InvalidInput, NotFound, ServiceError
 from panel.templatetags.hako import LABELS, size
 
 from .common import can_operate, current_tenant, http_errors, require_tenant, role_of
@@ -49,8 +50,16 @@ def ve_list_view(request):
 def _ve_context(request, ve: VE, **extra) -> dict:
     role = role_of(request, ve.tenant)
     active = ve.jobs.filter(state__in=Job.ACTIVE).exists()
-    return {"ve": ve, "role": role, "can_operate": can_operate(role), "jobs": job_list(request.user, None, ve=ve)[:20],
-            "polling": active or ve.state in TRANSIENT, **extra}
+    ctx = {"ve": ve, "role": role, "can_operate": can_operate(role), "jobs": job_list(request.user, None, ve=ve)[:20],
+           "polling": active or ve.state in TRANSIENT}
+    if ctx["can_operate"]:
+        # The change forms; the one that was posted (in ``extra``) replaces its blank twin.
+        plans = list(access.plans_for(request.user).order_by("name"))
+        ctx.update(resources_form=VEResourcesForm(), hostname_form=VEHostnameForm(initial={"hostname": ve.hostname}),
+                   plan_form=VEPlanForm(plans=plans, initial={"plan": ve.plan.name if ve.plan_id else None})
+                   if plans else None)
+    ctx.update(extra)
+    return ctx
 
 
 @login_required
@@ -136,3 +145,58 @@ def ve_create_view(request):
                 return redirect("panel:job-detail", job_id=job.pk)
     return render(request, "ves/create.html", {"form": form, "tenant": tenant},
                   status=400 if form.errors else 200)
+
+
+def _queued(request, ve: VE, job: Job, text: str):
+    """The success answer of a change: back to the VE page, with a message linking the job."""
+    messages.success(request, format_html('{} <a href="{}">{}</a>', text,
+                                          reverse("panel:job-detail", kwargs={"job_id": job.pk}), _("View the job")))
+    return redirect(reverse("panel:ve-detail", kwargs={"ve_id": ve.pk}) + f"#job-{job.pk}")
+
+
+def _change_view(form_name: str, make_form, call, done_message):
+    """A POST-only view that changes a VE through a service: operators and owners only (a
+    viewer's forged POST is a 403, another tenant's VE a 404); a ServiceError is shown next
+    to the field it names on the VE page, answered with 400."""
+    @login_required
+    @require_POST
+    def view(request, ve_id):
+        with http_errors():
+            ve = access.ve_get(request.user, ve_id, min_role=Membership.Role.OPERATOR)
+            form = make_form(request, ve)
+            if form.is_valid():
+                try:
+                    job = call(request, ve, form)
+                except (NotFound, Forbidden) as e:
+                    if not e.field:  # an unknown plan is a form error, not a missing page
+                        raise
+                    form.add_service_error(e)
+                except ServiceError as e:
+                    form.add_service_error(e)
+                else:
+                    return _queued(request, ve, job, done_message(ve))
+        return render(request, "ves/detail.html", _ve_context(request, ve, **{form_name: form}), status=400)
+    return view
+
+
+def _set_resources(request, ve, form):
+    changes = form.changes()
+    if not changes:
+        raise InvalidInput(_("Fill in at least one value to change."))
+    return ve_services.ve_set(ve=ve, actor=request.user, source="web", **changes)
+
+
+ve_set_view = _change_view(
+    "resources_form", lambda request, ve: VEResourcesForm(request.POST), _set_resources,
+    lambda ve: _("Resource change of VE %(veid)s queued.") % {"veid": ve.veid})
+ve_change_plan_view = _change_view(
+    "plan_form",
+    lambda request, ve: VEPlanForm(request.POST, plans=list(access.plans_for(request.user).order_by("name"))),
+    lambda request, ve, form: ve_services.ve_change_plan(ve=ve, plan=form.cleaned_data["plan"], actor=request.user,
+                                                         source="web"),
+    lambda ve: _("Plan change of VE %(veid)s queued.") % {"veid": ve.veid})
+ve_hostname_view = _change_view(
+    "hostname_form", lambda request, ve: VEHostnameForm(request.POST),
+    lambda request, ve, form: ve_services.ve_set(ve=ve, actor=request.user, source="web",
+                                                 hostname=form.cleaned_data["hostname"]),
+    lambda ve: _("Hostname change of VE %(veid)s queued.") % {"veid": ve.veid})

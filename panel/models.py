@@ -560,3 +560,104 @@ class IdempotencyRecord(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["account", "key"], name="idempotency_key_unique")]
+
+
+def new_webhook_secret() -> str:
+    """A Standard Webhooks secret: ``whsec_`` and 32 random bytes in base64."""
+    import base64
+
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+class WebhookEndpoint(models.Model):
+    """A URL of a billing account that receives its events (Standard Webhooks), signed with
+    its own ``secret`` (shown once, at create). ``event_types`` empty means every type. An
+    endpoint answering 410 Gone is disabled (``disabled_reason`` says why)."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    account = models.ForeignKey(BillingAccount, on_delete=models.CASCADE, related_name="webhook_endpoints")
+    url = models.URLField(max_length=2000)
+    secret = models.CharField(max_length=100, default=new_webhook_secret)
+    event_types = models.JSONField(default=list, blank=True)
+    enabled = models.BooleanField(default=True)
+    disabled_reason = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def wants(self, kind: str) -> bool:
+        return not self.event_types or kind in self.event_types
+
+    def __str__(self):
+        return f"webhook {self.url} ({self.account_id})"
+
+
+class WebhookDelivery(models.Model):
+    """One event to one endpoint: the exact ``payload`` sent at every attempt (same
+    ``webhook-id`` each time), the attempts made and when the next one is due. ``log`` holds
+    one entry per attempt ({at, status_code, error, duration_ms})."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"          # gave up (max attempts, 410, endpoint disabled)
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    endpoint = models.ForeignKey(WebhookEndpoint, on_delete=models.CASCADE, related_name="deliveries")
+    event = models.ForeignKey(DomainEvent, on_delete=models.CASCADE, related_name="deliveries")
+    event_type = models.CharField(max_length=64)
+    payload = models.JSONField(default=dict)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    last_status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    last_error = models.CharField(max_length=500, blank=True)
+    log = models.JSONField(default=list, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["endpoint", "event"], name="one_delivery_per_endpoint_event")]
+        indexes = [models.Index(fields=["status", "next_attempt_at"])]
+        ordering = ["-created_at"]
+
+    @property
+    def message_id(self) -> str:
+        """The ``webhook-id``: the event's, the same across retries and endpoints."""
+        return f"msg_{self.event.uuid.hex}"
+
+
+class UsageRecord(models.Model):
+    """One closed hour of one meter of one VE, in base units; immutable once written.
+
+    ``uid`` is stable (uuid5 of VE, meter and hour start), so a rollup run twice writes
+    nothing new and a billing system may use it as its own idempotency key; ``seq`` is the
+    export cursor. Tenant, plan and the VE's hostname are copied at write time so records
+    outlive a termination unchanged.
+    """
+
+    seq = models.BigAutoField(primary_key=True)
+    uid = models.UUIDField(unique=True, editable=False)
+    ve = models.ForeignKey(VE, on_delete=models.PROTECT, related_name="usage_records")
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="usage_records")
+    meter = models.CharField(max_length=32)
+    unit = models.CharField(max_length=16)
+    quantity = models.DecimalField(max_digits=30, decimal_places=6)
+    plan = models.CharField(max_length=63, blank=True)
+    period_start = models.DateTimeField()
+    period_end = models.DateTimeField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = AppendOnlyQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["seq"]
+        indexes = [models.Index(fields=["ve", "period_start"])]
+
+
+class UsageMark(models.Model):
+    """Where a VE's usage rollup stands: hours before ``closed_until`` are closed, and
+    ``traffic`` holds the cumulative traffic totals (VE.traffic) seen at that moment, so
+    the next hour's traffic is the growth since."""
+
+    ve = models.OneToOneField(VE, on_delete=models.CASCADE, related_name="usage_mark", primary_key=True)
+    closed_until = models.DateTimeField()
+    traffic = models.JSONField(default=dict, blank=True)

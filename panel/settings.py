@@ -233,6 +233,16 @@ CELERY_BEAT_SCHEDULE = {
         "task": "hako.panel.enforce_suspensions",
         "schedule": env_float("HAKO_SUSPENSION_INTERVAL", 30.0),
     },
+    # Webhook events and retries whose task message was lost are queued again.
+    "webhooks-sweep": {
+        "task": "hako.panel.webhooks_sweep",
+        "schedule": env_float("HAKO_WEBHOOK_SWEEP_INTERVAL", 60.0),
+    },
+    # Closed hours become usage records (a repeat writes nothing; a missed run catches up).
+    "usage-rollup": {
+        "task": "hako.panel.usage_rollup",
+        "schedule": env_float("HAKO_USAGE_ROLLUP_INTERVAL", 300.0),
+    },
 }
 
 LOGGING = {

@@ -27,3 +27,32 @@ def panel_enforce_suspensions():
     from .services.suspensions import enforce_suspensions
 
     return enforce_suspensions()
+
+
+@shared_task(name="hako.panel.webhook_fanout", ignore_result=True, acks_late=True)
+def webhook_fanout(event_id):
+    from .services.webhooks import event_fanout
+
+    return len(event_fanout(int(event_id)))
+
+
+@shared_task(name="hako.panel.webhook_deliver", ignore_result=True, acks_late=True)
+def webhook_deliver(delivery_id):
+    from .services.webhooks import delivery_attempt
+
+    d = delivery_attempt(delivery_id)
+    return d.status if d else "skipped"
+
+
+@shared_task(name="hako.panel.webhooks_sweep", ignore_result=True)
+def webhooks_sweep():
+    from .services.webhooks import webhooks_sweep as sweep
+
+    return sweep()
+
+
+@shared_task(name="hako.panel.usage_rollup", ignore_result=True)
+def usage_rollup():
+    from .services.usage import usage_rollup as rollup
+
+    return rollup()

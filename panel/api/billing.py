@@ -15,6 +15,7 @@ from rest_framework.views import APIView
 
 from panel.models import VE, BillingLink
 from panel.services import billing as svc
+from panel.services import usage, webhooks
 from panel.services.suspensions import suspension_status
 
 from .billing_auth import BillingTokenAuthentication, HasScope
@@ -282,3 +283,119 @@ class UnknownApi(BillingApi):
         raise NotFound("no such API endpoint")
 
     get = post = put = patch = delete = _missing
+
+
+# --- webhooks ---------------------------------------------------------------------------------------
+
+class WebhookEndpointIn(serializers.Serializer):
+    url = serializers.CharField(max_length=2000)
+    event_types = serializers.ListField(child=serializers.CharField(max_length=64), required=False, max_length=32)
+
+
+def endpoint_body(endpoint, secret: bool = False) -> dict:
+    body = {"id": str(endpoint.pk), "url": endpoint.url, "event_types": list(endpoint.event_types),
+            "enabled": endpoint.enabled, "disabled_reason": endpoint.disabled_reason,
+            "created_at": endpoint.created_at.isoformat()}
+    if secret:
+        body["secret"] = endpoint.secret
+    return body
+
+
+def delivery_body(d) -> dict:
+    return {"id": str(d.pk), "endpoint": str(d.endpoint_id), "event_id": d.message_id, "type": d.event_type,
+            "status": d.status, "attempts": d.attempts,
+            "next_attempt_at": d.next_attempt_at.isoformat() if d.next_attempt_at else None,
+            "last_status_code": d.last_status_code, "last_error": d.last_error,
+            "delivered_at": d.delivered_at.isoformat() if d.delivered_at else None,
+            "created_at": d.created_at.isoformat(), "attempt_log": list(d.log), "payload": d.payload}
+
+
+class WebhookEndpointListApi(BillingApi):
+    """The billing account's webhook endpoints; POST adds one and shows its secret once."""
+
+    read_scope = write_scope = "webhooks:manage"
+
+    @extend_schema(operation_id="webhooks_list", responses={200: OpenApiTypes.OBJECT})
+    def get(self, request):
+        return Response({"data": [endpoint_body(e) for e in webhooks.endpoints_of(self.account)]})
+
+    @extend_schema(operation_id="webhooks_create", request=WebhookEndpointIn, parameters=[IDEMPOTENCY_HEADER],
+                   responses={201: OpenApiTypes.OBJECT})
+    def post(self, request):
+        def call():
+            data = self.valid(WebhookEndpointIn)
+            endpoint = webhooks.endpoint_create(account=self.account, url=data["url"],
+                                                event_types=data.get("event_types"),
+                                                source=f"billing:{self.account.name}")
+            return Response(endpoint_body(endpoint, secret=True), status=status.HTTP_201_CREATED)
+        return idempotent(request, self.account, call)
+
+
+class WebhookDeliveryListApi(BillingApi):
+    """Recent deliveries (newest first, at most ``limit``), optionally by ``status``."""
+
+    read_scope = "webhooks:manage"
+
+    @extend_schema(operation_id="webhook_deliveries_list", responses={200: OpenApiTypes.OBJECT},
+                   parameters=[OpenApiParameter("status", OpenApiTypes.STR, OpenApiParameter.QUERY),
+                               OpenApiParameter("limit", OpenApiTypes.INT, OpenApiParameter.QUERY)])
+    def get(self, request):
+        from panel.services.errors import InvalidInput
+
+        raw = request.query_params.get("limit", "100")
+        if not raw.isdigit() or not 1 <= int(raw) <= 1000:
+            raise InvalidInput("limit must be between 1 and 1000", field="limit")
+        qs = webhooks.deliveries_of(self.account, status=request.query_params.get("status") or None)
+        return Response({"data": [delivery_body(d) for d in qs[:int(raw)]]})
+
+
+class WebhookRedeliverApi(BillingApi):
+    """Send a delivery again now (a fresh round of attempts, the same webhook-id): 202."""
+
+    write_scope = "webhooks:manage"
+
+    @extend_schema(operation_id="webhook_deliveries_redeliver", parameters=[IDEMPOTENCY_HEADER],
+                   request=None, responses={202: OpenApiTypes.OBJECT})
+    def post(self, request, ref):
+        def call():
+            d = webhooks.delivery_get(self.account, ref)
+            d = webhooks.delivery_redeliver(account=self.account, delivery=d, source=f"billing:{self.account.name}")
+            return Response(delivery_body(d), status=status.HTTP_202_ACCEPTED)
+        return idempotent(request, self.account, call)
+
+
+# --- usage ------------------------------------------------------------------------------------------
+
+def usage_body(r) -> dict:
+    return {"id": str(r.uid), "seq": r.seq, "service": {"id": str(r.ve_id)}, "account": {"id": str(r.tenant_id)},
+            "meter": r.meter, "unit": r.unit, "quantity": usage._num(r.quantity), "plan": r.plan or None,
+            "period_start": r.period_start.isoformat(), "period_end": r.period_end.isoformat()}
+
+
+class UsageExportApi(BillingApi):
+    """Closed hourly usage records of the account's services after ``cursor``."""
+
+    @extend_schema(operation_id="usage_list", responses={200: OpenApiTypes.OBJECT},
+                   parameters=[OpenApiParameter("cursor", OpenApiTypes.INT, OpenApiParameter.QUERY),
+                               OpenApiParameter("limit", OpenApiTypes.INT, OpenApiParameter.QUERY)])
+    def get(self, request):
+        rows, cursor, more = usage.usage_page(self.account, cursor=request.query_params.get("cursor"),
+                                              limit=request.query_params.get("limit"))
+        return Response({"data": [usage_body(r) for r in rows], "next_cursor": cursor, "has_more": more})
+
+
+class UsageSummaryApi(BillingApi):
+    """One service's usage over [from, to) by meter (sums; max for gauges)."""
+
+    @extend_schema(operation_id="usage_summary", responses={200: OpenApiTypes.OBJECT},
+                   parameters=[SERVICE_REF,
+                               OpenApiParameter("from", OpenApiTypes.DATETIME, OpenApiParameter.QUERY, required=True),
+                               OpenApiParameter("to", OpenApiTypes.DATETIME, OpenApiParameter.QUERY, required=True)])
+    def get(self, request, ref):
+        ve = self.service(ref)
+        start = usage.parse_time(request.query_params.get("from"), "from")
+        end = usage.parse_time(request.query_params.get("to"), "to")
+        body = usage.usage_summary(self.account, ve, start=start, end=end)
+        return Response({"service": {"id": str(ve.pk), "external_id": _external_id(self.account, BillingLink.Kind.VE,
+                                                                                  ve.pk)},
+                         "period": {"start": start.isoformat(), "end": end.isoformat()}, **body})

@@ -28,9 +28,10 @@ from panel.models import (VE, BillingAccount, BillingLink, BillingToken, Job, Me
 from .audit import audit
 from .errors import Conflict, Forbidden, InvalidInput, NotFound, QuotaExceeded
 from .quotas import check_text
+from .webhooks import event_emit
 
 TOKEN_RE = re.compile(r"^hko_([a-z0-9]{12})_([A-Za-z0-9_-]{20,64})$")
-SCOPES = ("catalog:read", "accounts:write", "services:read", "services:write")
+SCOPES = ("catalog:read", "accounts:write", "services:read", "services:write", "webhooks:manage")
 EXTERNAL_ID_RE = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
 ACCOUNT_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
@@ -242,6 +243,8 @@ def billing_service_create(*, account: BillingAccount, tenant_ref, plan, templat
             job = ve_create(tenant=tenant, actor=None, template=template, hostname=hostname, plan=the_plan,
                             root_password=root_password, ssh_keys=ssh_keys, source=_source(account))
             _link(account, BillingLink.Kind.VE, external_id, job.ve_id, "service")
+            event_emit("service.created", tenant_id=tenant.pk, ve=job.ve, status="provisioning",
+                       plan=the_plan.name, source=_source(account))
     except QuotaExceeded as e:
         raise _approval_required(e) from None
     return VE.objects.select_related("tenant", "plan", "template").get(pk=job.ve_id), job

@@ -19,9 +19,10 @@ from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from containers import messages as m
-from panel.models import VE, IPAddress, Job, JobLog, Node
+from panel.models import VE, IPAddress, Job, JobLog, Node, Plan
 
 from .errors import Conflict
+from .webhooks import event_emit
 
 log = logging.getLogger("hako.jobs")
 
@@ -120,6 +121,7 @@ def job_fail(job_id, *, error: str, explanation: str, observed: dict | None = No
         _log_line(job, JobLog.Kind.ERROR, explanation)
         if job.ve_id:
             _settle_ve_after_failure(job, observed or {})
+        _job_failed_event(job, error)
     return True
 
 
@@ -186,6 +188,18 @@ def _apply_success(job: Job, result: dict) -> None:
         fields["state_changed_at"] = timezone.now()
     if fields:
         VE.objects.filter(pk=ve.pk).update(**fields)
+    if job.kind == "destroy":
+        event_emit("service.terminated", tenant_id=ve.tenant_id, ve=ve, status="terminated", job=str(job.pk))
+    elif job.kind == "set" and job.args.get("plan"):
+        plan = Plan.objects.filter(pk=job.args["plan"]).values_list("name", flat=True).first()
+        event_emit("service.plan_changed", tenant_id=ve.tenant_id, ve=ve, plan=plan, job=str(job.pk))
+
+
+def _job_failed_event(job: Job, error: str) -> None:
+    """``job.failed`` for a VE's job (a billing account linked to it may care)."""
+    if job.ve_id:
+        event_emit("job.failed", tenant_id=job.ve.tenant_id, ve=job.ve, job=str(job.pk), job_kind=job.kind,
+                   error=error[:64])
 
 
 def apply_event(envelope) -> str:
@@ -247,6 +261,7 @@ def apply_event(envelope) -> str:
                 _scrub_secrets(job)
                 if job.ve_id:
                     _settle_ve_after_failure(job, observed)
+                _job_failed_event(job, str(data.get("error", "failed")))
         else:
             return "refused: unknown event"
     return f"applied {kind}"

@@ -22,6 +22,7 @@ from panel.models import VE, Job, Suspension, Tenant
 from .audit import audit
 from .errors import Conflict, InvalidInput, NotFound
 from .quotas import check_text
+from .webhooks import event_emit
 
 log = logging.getLogger("hako.suspensions")
 
@@ -114,6 +115,8 @@ def ve_suspend(*, ve: VE, by: str, reason: str, actor=None, source: str = "") ->
         audit(action="ve.suspend", actor=actor, tenant=locked.tenant, obj=locked, source=source,
               result="ok" if created else "noop",
               detail={"by": by, "reason": reason, "suspension": str(susp.pk)})
+        if created:
+            event_emit("service.suspended", tenant_id=locked.tenant_id, ve=locked, status="suspended", source=by)
         susp.stop_jobs = _stop([locked], actor, source)
     return susp
 
@@ -132,6 +135,10 @@ def ve_unsuspend(*, ve: VE, by: str, actor=None, reason: str = "", source: str =
         audit(action="ve.unsuspend", actor=actor, tenant=locked.tenant, obj=locked, source=source,
               result="ok" if susp else "noop",
               detail={"by": by, "reason": reason, "still_suspended_by": [s.source for s in remaining]})
+        if susp is not None:
+            event_emit("service.unsuspended", tenant_id=locked.tenant_id, ve=locked, source=by,
+                       status="suspended" if remaining else "active",
+                       still_suspended_by=[s.source for s in remaining])
     return susp
 
 

@@ -263,6 +263,12 @@ class Agent:
         if job.op == "set":
             self.fault("set")()
             return rt.set(spec, gen, log_line)
+        if job.op == "passwd":
+            try:
+                password_hash = m.check_passwd_args(job.args)
+            except m.MessageError as e:
+                raise RuntimeError_(f"refused: {e}") from None
+            return rt.passwd(job.veid, password_hash, log_line)
         if job.op == "exec":
             argv = job.args.get("argv")
             if (not isinstance(argv, list) or not argv or len(argv) > 256

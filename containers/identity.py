@@ -91,27 +91,72 @@ def host_keys(comment: str) -> dict[str, tuple[bytes, bytes]]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+SHADOW_MAX = 16 * 1024 * 1024
+
+
 def set_root_password(root: Path, password_hash: str) -> None:
     """Put ``password_hash`` (already validated: ``$6$...``, no ':' or newline) into the
-    root entry of the VE's /etc/shadow."""
+    root entry of the VE's /etc/shadow.
+
+    The tree may be one the VE's root has touched (``passwd`` on a stopped VE), so /etc and
+    /etc/shadow are opened without following links (a symlink to a host file is refused),
+    and the new file is written next to the old one and renamed over it: a crash leaves
+    either the old or the new shadow, never half of one.
+    """
     etc = _dir(root, "etc")
-    shadow = etc / "shadow"
-    if shadow.is_symlink() or not shadow.is_file():
-        raise IdentityError("/etc/shadow in the VE is missing or not a regular file")
-    st = shadow.stat()
-    lines = shadow.read_text().splitlines()
-    days = (datetime.date.today() - datetime.date(1970, 1, 1)).days
-    for i, line in enumerate(lines):
-        fields = line.split(":")
-        if fields[0] == "root":
-            fields += [""] * (9 - len(fields))
-            fields[1], fields[2] = password_hash, str(days)
-            lines[i] = ":".join(fields)
-            break
-    else:
-        lines.insert(0, f"root:{password_hash}:{days}:0:99999:7:::")
-    write_file(shadow, "\n".join(lines) + "\n", stat.S_IMODE(st.st_mode))
-    os.chown(shadow, 0, st.st_gid)  # Debian: root:shadow 0640
+    try:
+        dfd = os.open(etc, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        raise IdentityError("/etc in the VE is not a directory") from None
+    try:
+        try:
+            fd = os.open("shadow", os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dfd)
+        except FileNotFoundError:
+            raise IdentityError("/etc/shadow in the VE is missing") from None
+        except OSError:
+            raise IdentityError("/etc/shadow in the VE is a symbolic link or cannot be opened") from None
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise IdentityError("/etc/shadow in the VE is not a regular file")
+            if st.st_size > SHADOW_MAX:
+                raise IdentityError("/etc/shadow in the VE is implausibly large")
+            data = f.read(SHADOW_MAX + 1)
+        lines = data.split(b"\n")
+        if lines and lines[-1] == b"":
+            lines.pop()
+        days = str((datetime.date.today() - datetime.date(1970, 1, 1)).days).encode()
+        for i, line in enumerate(lines):
+            fields = line.split(b":")
+            if fields[0] == b"root":
+                fields += [b""] * (9 - len(fields))
+                fields[1], fields[2] = password_hash.encode(), days
+                lines[i] = b":".join(fields)
+                break
+        else:
+            lines.insert(0, b"root:" + password_hash.encode() + b":" + days + b":0:99999:7:::")
+        tmp = f".shadow.hako-{secrets.token_hex(8)}"
+        tfd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                      dir_fd=dfd)
+        try:
+            try:
+                os.fchown(tfd, 0, st.st_gid)  # Debian: root:shadow 0640
+                os.fchmod(tfd, stat.S_IMODE(st.st_mode))
+                payload = b"\n".join(lines) + b"\n"
+                while payload:
+                    payload = payload[os.write(tfd, payload):]
+                os.fsync(tfd)
+            finally:
+                os.close(tfd)
+            os.rename(tmp, "shadow", src_dir_fd=dfd, dst_dir_fd=dfd)
+        except BaseException:
+            try:
+                os.unlink(tmp, dir_fd=dfd)
+            except FileNotFoundError:
+                pass
+            raise
+    finally:
+        os.close(dfd)
 
 
 def write_identity(root: Path, *, hostname: str, password_hash: str | None = None,

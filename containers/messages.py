@@ -27,7 +27,7 @@ TASK_PANEL_HEARTBEAT = "hako.panel.heartbeat"
 PANEL_QUEUE = "panel"
 
 # Operations a node runs. Mutating ones hold the VE's lock on the panel side.
-MUTATING_OPS = ("create", "start", "stop", "restart", "destroy", "set")
+MUTATING_OPS = ("create", "start", "stop", "restart", "destroy", "set", "passwd")
 NODE_OPS = ("node_config", "template_build", "template_remove")  # node-level work, no VE
 READ_OPS = ("exec", "status")
 OPS = MUTATING_OPS + READ_OPS + NODE_OPS
@@ -283,6 +283,13 @@ def check_identity_args(args: dict) -> dict:
     if args.get("ssh_keys") is not None:
         out["ssh_keys"] = check_ssh_keys(args["ssh_keys"])
     return out
+
+
+def check_passwd_args(args: dict) -> str:
+    """The args of a ``passwd`` job: ``{"root_password_hash": "$6$..."}`` and nothing else."""
+    if set(args) != {"root_password_hash"}:
+        raise MessageError("passwd takes exactly one argument, root_password_hash")
+    return check_password_hash(args["root_password_hash"])
 
 
 def check_template_name(value) -> str:

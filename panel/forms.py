@@ -253,6 +253,29 @@ class VEHostnameForm(ServiceErrorsMixin, forms.Form):
         super().__init__(*args, **kwargs)
 
 
+class VEPasswordForm(ServiceErrorsMixin, forms.Form):
+    """Set a VE's root password (``ve_set_password``): typed twice; the service checks it
+    (length, no control characters) and hashes it. Not stripped: spaces may be part of it."""
+
+    root_password = forms.CharField(label=_("New root password"), max_length=256, strip=False,
+                                    widget=forms.PasswordInput(render_value=False,
+                                                               attrs={"autocomplete": "new-password"}))
+    root_password_confirm = forms.CharField(label=_("Repeat the new root password"), max_length=256, strip=False,
+                                            widget=forms.PasswordInput(render_value=False,
+                                                                       attrs={"autocomplete": "new-password"}))
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("auto_id", "id_pw_%s")
+        super().__init__(*args, **kwargs)
+
+    def clean(self):
+        data = super().clean()
+        if data.get("root_password") is not None and data.get("root_password_confirm") is not None \
+                and data["root_password"] != data["root_password_confirm"]:
+            self.add_error("root_password_confirm", _("The two passwords do not match."))
+        return data
+
+
 # --- members -------------------------------------------------------------------------------
 
 ROLE_CHOICES = [("owner", _("owner")), ("operator", _("operator")), ("viewer", _("viewer"))]

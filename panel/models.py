@@ -661,3 +661,60 @@ class UsageMark(models.Model):
     ve = models.OneToOneField(VE, on_delete=models.CASCADE, related_name="usage_mark", primary_key=True)
     closed_until = models.DateTimeField()
     traffic = models.JSONField(default=dict, blank=True)
+
+
+class PersonalToken(models.Model):
+    """A customer's API token for ``/api/v1``: ``hkp_<prefix>_<secret>``, shown once.
+
+    Bound to one tenant and capped at ``role``: the effective role of a request is the lower
+    of ``role`` and the user's membership role at that moment (no membership: the token
+    stops working). Only the SHA-256 of the whole token is stored, like BillingToken.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="api_tokens")
+    role = models.CharField(max_length=16, choices=Membership.Role.choices)
+    name = models.CharField(max_length=100, blank=True)
+    prefix = models.CharField(max_length=16, unique=True)
+    token_hash = models.CharField(max_length=64)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self):
+        return f"hkp_{self.prefix}_… ({self.user_id}@{self.tenant_id})"
+
+
+class CustomerIdempotencyRecord(models.Model):
+    """An ``Idempotency-Key`` of a personal token on ``/api/v1`` (same rules as
+    IdempotencyRecord, scoped to the token instead of a billing account)."""
+
+    token = models.ForeignKey(PersonalToken, on_delete=models.CASCADE, related_name="idempotency_records")
+    key = models.CharField(max_length=255)
+    method = models.CharField(max_length=8)
+    path = models.CharField(max_length=512)
+    request_hash = models.CharField(max_length=64)
+    status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    response_body = models.JSONField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["token", "key"], name="customer_idempotency_key_unique")]
+
+
+class LoginLink(models.Model):
+    """A one-time, short-lived sign-in link a billing account minted for a tenant's owner
+    (``/sso/<token>``). Only the SHA-256 of the token is stored; ``used_at`` is set by the
+    one conditional UPDATE that consumes it."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    account = models.ForeignKey(BillingAccount, on_delete=models.CASCADE, related_name="login_links")
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="login_links")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="login_links")
+    token_hash = models.CharField(max_length=64, unique=True)
+    expires_at = models.DateTimeField()
+    used_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)

@@ -3,6 +3,8 @@ from django.contrib.auth import views as auth_views
 from django.http import JsonResponse
 from django.urls import include, path
 
+from panel.views.sso import sso_view
+
 
 def healthz(request):
     return JsonResponse({"ok": True})
@@ -24,5 +26,7 @@ urlpatterns = [
     path("accounts/reset/done/", auth_views.PasswordResetCompleteView.as_view(), name="password_reset_complete"),
     path("i18n/", include("django.conf.urls.i18n")),
     path("", include("panel.api.billing_urls")),  # /api/billing/v1/ (issue 8)
+    path("", include("panel.api.customer_urls")),  # /api/v1/ (issue 8 item 4)
+    path("sso/<str:token>", sso_view, name="sso"),  # one-time sign-in links (billing SSO)
     path("", include("panel.views.urls")),
 ]

@@ -4,6 +4,10 @@ against a live panel and the real stack (panel worker, node agent, LXC).
 Sign in, create a busybox VE, start it, see it running, stop it, destroy it; the pages
 follow the jobs through htmx polling, so nothing here reloads by hand. Screenshots of each
 step go to docs/screenshots/ for the docs and for a person to look at.
+
+Then the other roles and the other language: a viewer finds no buttons that change a VE,
+an operator sets the root password, a staff admin sees the node and every tenant's VEs,
+and the VE list and a VE page read in Japanese after the language switch.
 """
 import os
 from pathlib import Path
@@ -104,3 +108,125 @@ def test_a_customer_creates_starts_stops_and_destroys_a_ve(stack, node, live_ser
     page.goto(live_server.url + "/jobs/")
     expect(page.get_by_role("heading", name="ジョブ")).to_be_visible()
     shot(page, "07-jobs-ja")
+
+
+def sign_in(page, base_url, username, path="/ves/"):
+    page.goto(base_url + path)
+    page.get_by_label("User name").fill(username)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+
+
+def member(username, tenant, role, staff=False):
+    from tests.tenancy import make_user
+
+    user = make_user(username, tenant=tenant, role=role, staff=staff)
+    user.set_password(PASSWORD)
+    user.save()
+    return user
+
+
+def test_a_viewer_finds_no_power_buttons_on_a_ve_page(stack, node, live_server, browser_page):
+    from panel.models import VE, Membership, Tenant
+    from panel.services import ves as svc
+    from tests.conftest import run
+
+    expect = playwright.expect
+    tenant = Tenant.objects.create(slug="acme", name="Acme")
+    member("vera", tenant, Membership.Role.VIEWER)
+    ve = VE.objects.get(pk=run(svc.ve_create(tenant=tenant, template="busybox", hostname="seen1")).ve_id)
+    page = browser_page
+    sign_in(page, live_server.url, "vera")
+    expect(page.get_by_role("cell", name="seen1")).to_be_visible()
+    expect(page.get_by_role("link", name="Create a VE")).to_have_count(0)
+    page.get_by_role("link", name=str(ve.veid), exact=True).click()
+    expect(page.locator("#ve-status [data-state]")).to_have_attribute("data-state", "stopped")
+    expect(page.get_by_text("Your role in this tenant is viewer")).to_be_visible()
+    for name in ("Start", "Stop", "Restart", "Destroy this VE", "Set root password", "Change resources"):
+        expect(page.get_by_role("button", name=name, exact=True)).to_have_count(0)
+    shot(page, "08-viewer-ve")
+
+
+def test_an_operator_sets_the_root_password_on_the_ve_page(stack, node, live_server, browser_page):
+    from panel.models import VE, Job, Membership, Tenant
+    from panel.services import ves as svc
+    from panel.services.identity import sha512_crypt
+    from tests.conftest import run
+
+    expect = playwright.expect
+    tenant = Tenant.objects.create(slug="acme", name="Acme")
+    member("oscar", tenant, Membership.Role.OPERATOR)
+    ve = VE.objects.get(pk=run(svc.ve_create(tenant=tenant, template="busybox", hostname="pw1")).ve_id)
+    run(svc.ve_start(ve=ve))
+    page = browser_page
+    sign_in(page, live_server.url, "oscar", path=f"/ves/{ve.pk}/")
+    page.get_by_label("New root password", exact=True).fill("s3cret root pw")
+    page.get_by_label("Repeat the new root password", exact=True).fill("s3cret root pw!")
+    page.get_by_role("button", name="Set root password").click()
+    expect(page.get_by_text("The two passwords do not match.")).to_be_visible()
+    assert not Job.objects.filter(kind="passwd").exists()
+    page.get_by_label("New root password", exact=True).fill("s3cret root pw")
+    page.get_by_label("Repeat the new root password", exact=True).fill("s3cret root pw")
+    shot(page, "09-set-password")
+    page.get_by_role("button", name="Set root password").click()
+    expect(page.get_by_text(f"Root password change of VE {ve.veid} queued.")).to_be_visible()
+    job = run(Job.objects.get(kind="passwd", ve=ve))
+    assert "root_password_hash" not in job.args
+    line = run(svc.ve_exec(ve=ve, argv=["grep", "^root:", "/etc/shadow"])).result["output"].strip()
+    stored = line.split(":")[1]
+    assert stored == sha512_crypt("s3cret root pw", stored.split("$")[2])
+
+
+def test_staff_see_the_node_and_every_tenants_ves(stack, node, live_server, browser_page):
+    from panel.models import Membership, Tenant
+    from panel.services import ves as svc
+    from tests.conftest import run
+
+    expect = playwright.expect
+    acme = Tenant.objects.create(slug="acme", name="Acme")
+    globex = Tenant.objects.create(slug="globex", name="Globex")
+    member("sam", None, None, staff=True)
+    member("olivia", acme, Membership.Role.OWNER)
+    run(svc.ve_create(tenant=acme, template="busybox", hostname="acme-web"))
+    run(svc.ve_create(tenant=globex, template="busybox", hostname="globex-db"))
+    page = browser_page
+    sign_in(page, live_server.url, "sam", path="/staff/")
+    expect(page.get_by_role("heading", name="Nodes")).to_be_visible()
+    expect(page.get_by_role("link", name=node.name, exact=True)).to_be_visible()
+    shot(page, "10-staff-nodes")
+    page.get_by_role("link", name=node.name, exact=True).click()
+    expect(page.get_by_role("heading", name="All VEs")).to_be_visible()
+    expect(page.get_by_role("cell", name="acme-web")).to_be_visible()
+    expect(page.get_by_role("cell", name="globex-db")).to_be_visible()
+    shot(page, "11-staff-ves")
+    # A tenant owner sees only the own tenant's VE, and no staff pages.
+    page.context.clear_cookies()
+    sign_in(page, live_server.url, "olivia")
+    expect(page.get_by_role("cell", name="acme-web")).to_be_visible()
+    expect(page.get_by_role("cell", name="globex-db")).to_have_count(0)
+    assert page.goto(live_server.url + "/staff/").status == 403
+
+
+def test_the_ve_list_and_a_ve_page_in_japanese(stack, node, live_server, browser_page):
+    from panel.models import VE, Membership, Tenant
+    from panel.services import ves as svc
+    from tests.conftest import run
+
+    expect = playwright.expect
+    tenant = Tenant.objects.create(slug="acme", name="Acme")
+    member("olivia", tenant, Membership.Role.OWNER)
+    ve = VE.objects.get(pk=run(svc.ve_create(tenant=tenant, template="busybox", hostname="nihon1")).ve_id)
+    page = browser_page
+    sign_in(page, live_server.url, "olivia")
+    page.get_by_label("Language").select_option("ja")
+    page.get_by_role("button", name="Change").click()
+    expect(page.locator("html")).to_have_attribute("lang", "ja")
+    page.goto(live_server.url + "/ves/")
+    expect(page.get_by_role("heading", name="仮想環境", exact=True)).to_be_visible()
+    expect(page.get_by_role("cell", name="nihon1")).to_be_visible()
+    shot(page, "12-ves-ja")
+    page.get_by_role("link", name=str(ve.veid), exact=True).click()
+    expect(page.get_by_role("heading", name="リソース", exact=True)).to_be_visible()
+    expect(page.get_by_role("button", name="起動", exact=True)).to_be_visible()
+    expect(page.get_by_role("heading", name="root パスワードを設定", exact=True)).to_be_visible()
+    shot(page, "13-ve-ja")

@@ -100,7 +100,7 @@ def test_it_denies_other_tenant_on_every_object_url(client, idle_node, people, o
                  "tenant_id": other_tenant.pk}
     urls = panel_object_urls()
     post_only = {"panel:ve-start", "panel:ve-stop", "panel:ve-restart", "panel:ve-destroy",
-                 "panel:ve-set", "panel:ve-change-plan", "panel:ve-hostname",
+                 "panel:ve-set", "panel:ve-change-plan", "panel:ve-hostname", "panel:ve-password",
                  "panel:staff-quota-approve", "panel:staff-quota-deny", "panel:staff-tenant-suspend",
                  "panel:staff-tenant-unsuspend"}
     names = {name for name, _ in urls}

@@ -178,6 +178,30 @@ class AccountCreateApi(BillingApi):
         return idempotent(request, self.account, call)
 
 
+class AccountLoginLinkApi(BillingApi):
+    """A one-time sign-in URL (valid 5 minutes) for the account's owner (WHMCS
+    ServiceSingleSignOn): 201 ``{url, expires_at}``.
+
+    The one POST without an Idempotency-Key: a replay would have to store the link's token
+    in clear, and minting a second short-lived link is harmless."""
+
+    write_scope = "accounts:write"
+
+    @extend_schema(operation_id="accounts_login_link", request=None, responses={201: OpenApiTypes.OBJECT},
+                   parameters=[OpenApiParameter("ref", OpenApiTypes.STR, OpenApiParameter.PATH,
+                                                description="the account's id or ext:<external_id>")])
+    def post(self, request, ref):
+        from django.urls import reverse
+
+        from panel.services import sso
+
+        tenant = svc.tenant_resolve(self.account, ref)[0]
+        link, text = sso.login_link_create(account=self.account, tenant=tenant)
+        return Response({"url": request.build_absolute_uri(reverse("sso", args=[text])),
+                         "expires_at": link.expires_at.isoformat()}, status=status.HTTP_201_CREATED,
+                        headers={"Cache-Control": "no-store"})
+
+
 class ServiceCreateApi(BillingApi):
     """Create a VE from a plan: 202 with the service and its create job."""
 

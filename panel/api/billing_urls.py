@@ -15,6 +15,7 @@ v1 = [
     path("plans", api.PlanListApi.as_view(), name="billing-plans"),
     path("templates", api.TemplateListApi.as_view(), name="billing-templates"),
     path("accounts", api.AccountCreateApi.as_view(), name="billing-accounts"),
+    path("accounts/<str:ref>/login-link", api.AccountLoginLinkApi.as_view(), name="billing-account-login-link"),
     path("services", api.ServiceCreateApi.as_view(), name="billing-services"),
     path("services/<str:ref>", api.ServiceApi.as_view(), name="billing-service"),
     path("services/<str:ref>/suspend", api.ServiceSuspendApi.as_view(), name="billing-service-suspend"),

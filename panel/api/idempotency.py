@@ -41,7 +41,7 @@ def _key(request) -> str:
     return key
 
 
-def _replay(record: IdempotencyRecord, fingerprint: str) -> Response:
+def _replay(record, fingerprint: str) -> Response:
     if record.request_hash != fingerprint:
         raise ProblemError(422, "idempotency-key-reused",
                            "this Idempotency-Key was used for a different request; use a new key")
@@ -54,16 +54,24 @@ def _replay(record: IdempotencyRecord, fingerprint: str) -> Response:
     return Response(record.response_body, status=record.status_code, headers=headers)
 
 
-def idempotent(request, account, call) -> Response:
-    """Run ``call()`` (returning a Response) once per (account, key); replay otherwise."""
+def idempotent(request, account, call, *, model=IdempotencyRecord, owner: dict | None = None,
+               required: bool = True) -> Response:
+    """Run ``call()`` (returning a Response) once per (owner, key); replay otherwise.
+
+    ``owner`` (default ``{"account": account}``) and ``model`` scope the keys: the customer
+    API keeps them per personal token (CustomerIdempotencyRecord). Without ``required``, a
+    request without the header simply runs."""
+    if not required and not request.headers.get(HEADER):
+        return call()
+    owner = {"account": account} if owner is None else owner
     key = _key(request)
     fingerprint = request_hash(request)
     try:
         with transaction.atomic():
-            record = IdempotencyRecord.objects.create(account=account, key=key, method=request.method,
-                                                      path=request.path[:512], request_hash=fingerprint)
+            record = model.objects.create(**owner, key=key, method=request.method,
+                                          path=request.path[:512], request_hash=fingerprint)
     except IntegrityError:
-        record = IdempotencyRecord.objects.filter(account=account, key=key).first()
+        record = model.objects.filter(**owner, key=key).first()
         if record is None:  # its first request crashed and released the key meanwhile
             raise ProblemError(409, "idempotency-key-in-progress", "retry this request") from None
         return _replay(record, fingerprint)
@@ -72,10 +80,10 @@ def idempotent(request, account, call) -> Response:
     except Exception as exc:
         found = problem_for(exc)
         if found is None:
-            IdempotencyRecord.objects.filter(pk=record.pk).delete()
+            model.objects.filter(pk=record.pk).delete()
             raise
         body, headers = found
         response = problem_response(body, headers)
-    IdempotencyRecord.objects.filter(pk=record.pk).update(
+    model.objects.filter(pk=record.pk).update(
         status_code=response.status_code, response_body=response.data, completed_at=timezone.now())
     return response

@@ -102,6 +102,7 @@ def job_cancel(*, job: Job, actor=None, source: str = "") -> bool:
         if not n:
             return False
         job.refresh_from_db()
+        _scrub_secrets(job)
         audit(action="job.cancel", actor=actor, tenant=job.tenant, obj=job, source=source,
               detail={"kind": job.kind})
         if job.kind == "create" and job.ve_id:
@@ -118,6 +119,7 @@ def job_fail(job_id, *, error: str, explanation: str, observed: dict | None = No
         if not n:
             return False
         job = Job.objects.select_related("ve").get(id=job_id)
+        _scrub_secrets(job)
         _log_line(job, JobLog.Kind.ERROR, explanation)
         if job.ve_id:
             _settle_ve_after_failure(job, observed or {})

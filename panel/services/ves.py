@@ -1,5 +1,5 @@
 """VE lifecycle services: ``ve_create``, ``ve_start``, ``ve_stop``, ``ve_restart``,
-``ve_destroy``, ``ve_set``, ``ve_change_plan``, ``ve_exec``, ``ve_status``.
+``ve_destroy``, ``ve_set``, ``ve_change_plan``, ``ve_set_password``, ``ve_exec``, ``ve_status``.
 
 Each one checks the actor's role in the VE's tenant (``actor=None`` is the local admin of
 the command line), checks its input, writes the job and its audit record in one
@@ -18,7 +18,7 @@ from panel.models import VE, Job, Membership, Node, OSTemplate, Plan, Tenant
 
 from .audit import audit
 from .errors import Conflict, Forbidden, InvalidInput, NotFound, Unavailable
-from .identity import identity_args, identity_audit
+from .identity import check_password, identity_args, identity_audit, sha512_crypt
 from .jobs import job_create
 from .network import allocate
 from .plans import plan_resolve, plan_ve_values
@@ -296,6 +296,19 @@ def _resize(ve: VE, clean: dict, actor, source: str, *, action: str, plan: Plan 
         audit(action=action, actor=actor, tenant=locked.tenant, obj=locked, source=source,
               detail={"job": str(job.id), **detail})
     return job
+
+
+def ve_set_password(*, ve: VE, actor=None, root_password, source: str = "") -> Job:
+    """Set the root password of an existing VE, running or stopped (operators and owners).
+
+    The clear password is checked and hashed here; only the ``$6$`` hash travels, in the
+    job's args, which are scrubbed once the job ends (jobs.SECRET_ARGS). The audit record
+    says only that it was set.
+    """
+    require_role(actor, ve.tenant, Membership.Role.OPERATOR, what="VE", source=source)
+    password_hash = sha512_crypt(check_password(root_password))
+    return _simple("passwd", ve, actor, source, {"root_password_hash": password_hash},
+                   audit_detail={"root_password": "set"})
 
 
 def ve_exec(*, ve: VE, argv: list, actor=None, timeout: int = 60, source: str = "") -> Job:

@@ -19,6 +19,7 @@ urlpatterns = [
     path("ves/<uuid:ve_id>/set/", ves.ve_set_view, name="ve-set"),
     path("ves/<uuid:ve_id>/plan/", ves.ve_change_plan_view, name="ve-change-plan"),
     path("ves/<uuid:ve_id>/hostname/", ves.ve_hostname_view, name="ve-hostname"),
+    path("ves/<uuid:ve_id>/password/", ves.ve_password_view, name="ve-password"),
     path("jobs/", jobs.job_list_view, name="job-list"),
     path("jobs/<uuid:job_id>/", jobs.job_detail_view, name="job-detail"),
     path("jobs/<uuid:job_id>/log/", jobs.job_log_view, name="job-log"),

@@ -12,7 +12,7 @@ from django.utils.translation import gettext as _
 from django.views.decorators.http import require_http_methods, require_POST
 
 from panel import access
-from panel.forms import VECreateForm, VEDestroyForm, VEHostnameForm, VEPlanForm, VEResourcesForm
+from panel.forms import VECreateForm, VEDestroyForm, VEHostnameForm, VEPasswordForm, VEPlanForm, VEResourcesForm
 from panel.models import VE, Job, Membership
 from panel.services import ves as ve_services
 from panel.services.errors import Forbidden, InvalidInput, NotFound, ServiceError
@@ -56,6 +56,7 @@ def _ve_context(request, ve: VE, **extra) -> dict:
         # The change forms; the one that was posted (in ``extra``) replaces its blank twin.
         plans = list(access.plans_for(request.user).order_by("name"))
         ctx.update(resources_form=VEResourcesForm(), hostname_form=VEHostnameForm(initial={"hostname": ve.hostname}),
+                   password_form=VEPasswordForm(),
                    plan_form=VEPlanForm(plans=plans, initial={"plan": ve.plan.name if ve.plan_id else None})
                    if plans else None)
     ctx.update(extra)
@@ -200,3 +201,8 @@ ve_hostname_view = _change_view(
     lambda request, ve, form: ve_services.ve_set(ve=ve, actor=request.user, source="web",
                                                  hostname=form.cleaned_data["hostname"]),
     lambda ve: _("Hostname change of VE %(veid)s queued.") % {"veid": ve.veid})
+ve_password_view = _change_view(
+    "password_form", lambda request, ve: VEPasswordForm(request.POST),
+    lambda request, ve, form: ve_services.ve_set_password(ve=ve, actor=request.user, source="web",
+                                                          root_password=form.cleaned_data["root_password"]),
+    lambda ve: _("Root password change of VE %(veid)s queued.") % {"veid": ve.veid})

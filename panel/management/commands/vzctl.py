@@ -75,6 +75,9 @@ class Command(BaseCommand):
         _resources(st)
         st.add_argument("--save", action="store_true", help="accepted for compatibility: changes are always saved")
         st.add_argument("--ipdel", action="append", metavar="ADDR", help="remove an address (repeatable; 'all')")
+        st.add_argument("--userpasswd", metavar="root:PASSWORD",
+                        help="set the root password (as vzctl; the command line shows it to 'ps' on this "
+                             "host while it runs, the VE page does not)")
         e = sub.add_parser("exec")
         e.add_argument("veid")
         e.add_argument("--timeout", type=int, default=60)
@@ -135,7 +138,12 @@ class Command(BaseCommand):
                 auto = o["ipadd"] == ["auto"]
                 self.follow(net.ve_ipadd(ve=ve, addresses=None if auto else o["ipadd"], source=source))
                 ve.refresh_from_db()
-            if changes or not (o["ipdel"] or o["ipadd"]):
+            if o["userpasswd"] is not None:
+                user, sep, password = o["userpasswd"].partition(":")
+                if user != "root" or not sep:
+                    raise CommandError("--userpasswd takes root:PASSWORD (only root's password can be set)")
+                self.follow(svc.ve_set_password(ve=ve, root_password=password, source=source))
+            if changes or not (o["ipdel"] or o["ipadd"] or o["userpasswd"] is not None):
                 self.follow(svc.ve_set(ve=ve, source=source, **changes))
             return
         if action == "exec":

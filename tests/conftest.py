@@ -81,7 +81,8 @@ def node(stack, transactional_db):
     # Detach the row from the live agent before the tables are emptied: heartbeats for an
     # unknown node are dropped with one read, so the panel worker holds no locks that could
     # deadlock with the TRUNCATE that ends a transactional test.
-    Node.objects.filter(pk=n.pk).update(name=f"gone-{secrets.token_hex(4)}")
+    gone = f"gone-{secrets.token_hex(4)}"  # queue too: a row a failed flush leaves must not block the next
+    Node.objects.filter(pk=n.pk).update(name=gone, queue=f"node.{gone}")
     harness.remove_all_ves(stack.node_root)
 
 

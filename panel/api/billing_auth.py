@@ -30,19 +30,27 @@ class BillingPrincipal:
         return self.username
 
 
+def bearer_text(request) -> str | None:
+    """The token of an ``Authorization: Bearer ...`` header: None without one (another
+    authentication may apply), "" when it is malformed (refused by the caller)."""
+    header = authentication.get_authorization_header(request).split()
+    if not header or header[0].lower() != b"bearer":
+        return None
+    try:
+        return header[1].decode("ascii") if len(header) == 2 else ""
+    except UnicodeDecodeError:
+        return ""
+
+
 class BillingTokenAuthentication(authentication.BaseAuthentication):
     """Bearer tokens of billing accounts (stored as SHA-256, looked up by prefix)."""
 
     keyword = "Bearer"
 
     def authenticate(self, request):
-        header = authentication.get_authorization_header(request).split()
-        if not header or header[0].lower() != self.keyword.lower().encode():
+        text = bearer_text(request)
+        if text is None:
             return None
-        try:
-            text = header[1].decode("ascii") if len(header) == 2 else ""
-        except UnicodeDecodeError:
-            text = ""
         token = billing_token_check(text) if text else None
         if token is None:
             # The prefix only (never the secret) says which token was tried.

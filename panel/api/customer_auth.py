@@ -12,6 +12,8 @@ from rest_framework import authentication, exceptions, permissions
 from panel.services.api_tokens import api_token_check
 from panel.services.audit import audit_token_use
 
+from .billing_auth import bearer_text
+
 
 class CustomerAuth:
     def __init__(self, token, role):
@@ -24,13 +26,9 @@ class PersonalTokenAuthentication(authentication.BaseAuthentication):
     keyword = "Bearer"
 
     def authenticate(self, request):
-        header = authentication.get_authorization_header(request).split()
-        if not header or header[0].lower() != self.keyword.lower().encode():
+        text = bearer_text(request)
+        if text is None:
             return None
-        try:
-            text = header[1].decode("ascii") if len(header) == 2 else ""
-        except UnicodeDecodeError:
-            text = ""
         found = api_token_check(text) if text else None
         if found is None:
             prefix = text[4:16] if text.startswith("hkp_") else ""

@@ -7,11 +7,6 @@ only (like billing tokens), shown once.
 """
 from __future__ import annotations
 
-import hashlib
-import hmac
-import re
-import secrets
-from datetime import timedelta
 
 from django.db import transaction
 from django.utils import timezone
@@ -21,13 +16,10 @@ from panel.models import Membership, PersonalToken, Tenant
 
 from .audit import audit
 from .errors import Forbidden, InvalidInput, NotFound
+from .secrets_tokens import expiry_after, hash_matches, new_token, token_hash, token_pattern
 
-TOKEN_RE = re.compile(r"^hkp_([a-z0-9]{12})_([A-Za-z0-9_-]{20,64})$")
+TOKEN_RE = token_pattern("hkp")
 ROLES = tuple(ROLE_RANK)
-
-
-def _hash(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def api_token_create(*, user, tenant: Tenant, role: str | None = None, name: str = "",
@@ -43,17 +35,11 @@ def api_token_create(*, user, tenant: Tenant, role: str | None = None, name: str
         raise InvalidInput(f"role must be one of {', '.join(ROLES)}", field="role")
     if ROLE_RANK[role] > ROLE_RANK[member_role]:
         raise Forbidden(f"{user} is {member_role} in {tenant.slug}; a token cannot be {role}", field="role")
-    expires_at = None
-    if expires_days is not None:
-        if type(expires_days) is not int or not 1 <= expires_days <= 3650:
-            raise InvalidInput("expires-days must be between 1 and 3650", field="expires_days")
-        expires_at = timezone.now() + timedelta(days=expires_days)
-    alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
-    prefix = "".join(secrets.choice(alphabet) for _ in range(12))
-    text = f"hkp_{prefix}_{secrets.token_urlsafe(32)}"
+    expires_at = expiry_after(expires_days)
+    prefix, text = new_token("hkp")
     with transaction.atomic():
         token = PersonalToken.objects.create(user=user, tenant=tenant, role=role, name=name[:100], prefix=prefix,
-                                             token_hash=_hash(text), expires_at=expires_at)
+                                             token_hash=token_hash(text), expires_at=expires_at)
         audit(action="api_token.create", actor=actor, tenant=tenant, obj=token,
               source=source, detail={"user": user.get_username(), "prefix": prefix, "role": role,
                                      "expires_at": expires_at.isoformat() if expires_at else None})
@@ -74,7 +60,7 @@ def api_token_check(text: str) -> tuple[PersonalToken, str] | None:
     if not m:
         return None
     token = PersonalToken.objects.select_related("user", "tenant").filter(prefix=m.group(1)).first()
-    if token is None or not hmac.compare_digest(token.token_hash, _hash(text)):
+    if token is None or not hash_matches(token.token_hash, text):
         return None
     now = timezone.now()
     if token.revoked_at or (token.expires_at and token.expires_at <= now) or not token.user.is_active:

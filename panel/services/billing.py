@@ -10,12 +10,8 @@ quota is refused as ``approval-required`` (quota decisions stay with staff).
 """
 from __future__ import annotations
 
-import hashlib
-import hmac
 import re
-import secrets
 import uuid
-from datetime import timedelta
 
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
@@ -28,9 +24,10 @@ from panel.models import (VE, BillingAccount, BillingLink, BillingToken, Job, Me
 from .audit import audit
 from .errors import Conflict, Forbidden, InvalidInput, NotFound, QuotaExceeded
 from .quotas import check_text
+from .secrets_tokens import expiry_after, hash_matches, new_token, token_hash, token_pattern
 from .webhooks import event_emit
 
-TOKEN_RE = re.compile(r"^hko_([a-z0-9]{12})_([A-Za-z0-9_-]{20,64})$")
+TOKEN_RE = token_pattern("hko")
 SCOPES = ("catalog:read", "accounts:write", "services:read", "services:write", "webhooks:manage")
 EXTERNAL_ID_RE = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
 ACCOUNT_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -53,10 +50,6 @@ def billing_account_get_or_create(*, name: str) -> BillingAccount:
     return account
 
 
-def _hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
 def billing_token_create(*, account: BillingAccount, scopes=None, expires_days: int | None = None,
                          source: str = "") -> tuple[BillingToken, str]:
     """A new token for ``account``: returns the row and the token text, which is shown
@@ -65,16 +58,10 @@ def billing_token_create(*, account: BillingAccount, scopes=None, expires_days: 
     unknown = [s for s in scopes if s not in SCOPES]
     if unknown or not scopes:
         raise InvalidInput(f"scopes must be among: {', '.join(SCOPES)}", field="scopes")
-    expires_at = None
-    if expires_days is not None:
-        if type(expires_days) is not int or not 1 <= expires_days <= 3650:
-            raise InvalidInput("expires-days must be between 1 and 3650", field="expires_days")
-        expires_at = timezone.now() + timedelta(days=expires_days)
-    alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
-    prefix = "".join(secrets.choice(alphabet) for _ in range(12))
-    text = f"hko_{prefix}_{secrets.token_urlsafe(32)}"
+    expires_at = expiry_after(expires_days)
+    prefix, text = new_token("hko")
     with transaction.atomic():
-        token = BillingToken.objects.create(account=account, prefix=prefix, token_hash=_hash(text),
+        token = BillingToken.objects.create(account=account, prefix=prefix, token_hash=token_hash(text),
                                             scopes=scopes, expires_at=expires_at)
         audit(action="billing_token.create", obj=token, source=source,
               detail={"account": account.name, "prefix": prefix, "scopes": scopes,
@@ -89,7 +76,7 @@ def billing_token_check(text: str) -> BillingToken | None:
     if not m:
         return None
     token = BillingToken.objects.select_related("account").filter(prefix=m.group(1)).first()
-    if token is None or not hmac.compare_digest(token.token_hash, _hash(text)):
+    if token is None or not hash_matches(token.token_hash, text):
         return None
     now = timezone.now()
     if token.revoked_at or (token.expires_at and token.expires_at <= now) or not token.account.enabled:

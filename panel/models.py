@@ -499,22 +499,49 @@ class BillingAccount(models.Model):
         return self.name
 
 
-class BillingToken(models.Model):
+class HashedToken(models.Model):
+    """What every bearer token row holds (panel/services/secrets_tokens.py makes them): a
+    random prefix that finds the row, the SHA-256 of the whole token, and its life."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    prefix = models.CharField(max_length=16, unique=True)
+    token_hash = models.CharField(max_length=64)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        abstract = True
+
+
+class IdempotencyRecordBase(models.Model):
+    """An ``Idempotency-Key`` as stored for a replay: inserted (committed) before the call
+    runs, so a concurrent duplicate finds it without a response (409) and a later replay gets
+    the stored status and body; ``request_hash`` refuses the same key on another body."""
+
+    key = models.CharField(max_length=255)
+    method = models.CharField(max_length=8)
+    path = models.CharField(max_length=512)
+    request_hash = models.CharField(max_length=64)
+    status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    response_body = models.JSONField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        abstract = True
+
+
+class BillingToken(HashedToken):
     """A bearer token of a billing account: ``hko_<prefix>_<secret>``, shown once.
 
     Only the SHA-256 of the whole token is stored; ``prefix`` (random, not secret) finds the
     row, so a lookup is one indexed query and a constant-time hash comparison.
     """
 
-    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     account = models.ForeignKey(BillingAccount, on_delete=models.CASCADE, related_name="tokens")
-    prefix = models.CharField(max_length=16, unique=True)
-    token_hash = models.CharField(max_length=64)
     scopes = models.JSONField(default=list, blank=True)
-    expires_at = models.DateTimeField(null=True, blank=True)
-    last_used_at = models.DateTimeField(null=True, blank=True)
-    revoked_at = models.DateTimeField(null=True, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
 
     def __str__(self):
         return f"hko_{self.prefix}_… ({self.account_id})"
@@ -543,20 +570,10 @@ class BillingLink(models.Model):
         ]
 
 
-class IdempotencyRecord(models.Model):
-    """One ``Idempotency-Key`` of a billing account: inserted (committed) before the call
-    runs, so a concurrent duplicate finds it without a response (409) and a later replay
-    gets the stored status and body. ``request_hash`` refuses the same key on another body."""
+class IdempotencyRecord(IdempotencyRecordBase):
+    """One ``Idempotency-Key`` of a billing account."""
 
     account = models.ForeignKey(BillingAccount, on_delete=models.CASCADE, related_name="idempotency_records")
-    key = models.CharField(max_length=255)
-    method = models.CharField(max_length=8)
-    path = models.CharField(max_length=512)
-    request_hash = models.CharField(max_length=64)
-    status_code = models.PositiveSmallIntegerField(null=True, blank=True)
-    response_body = models.JSONField(null=True, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
-    completed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["account", "key"], name="idempotency_key_unique")]
@@ -663,7 +680,7 @@ class UsageMark(models.Model):
     traffic = models.JSONField(default=dict, blank=True)
 
 
-class PersonalToken(models.Model):
+class PersonalToken(HashedToken):
     """A customer's API token for ``/api/v1``: ``hkp_<prefix>_<secret>``, shown once.
 
     Bound to one tenant and capped at ``role``: the effective role of a request is the lower
@@ -671,35 +688,19 @@ class PersonalToken(models.Model):
     stops working). Only the SHA-256 of the whole token is stored, like BillingToken.
     """
 
-    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="api_tokens")
     role = models.CharField(max_length=16, choices=Membership.Role.choices)
     name = models.CharField(max_length=100, blank=True)
-    prefix = models.CharField(max_length=16, unique=True)
-    token_hash = models.CharField(max_length=64)
-    expires_at = models.DateTimeField(null=True, blank=True)
-    last_used_at = models.DateTimeField(null=True, blank=True)
-    revoked_at = models.DateTimeField(null=True, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
 
     def __str__(self):
         return f"hkp_{self.prefix}_… ({self.user_id}@{self.tenant_id})"
 
 
-class CustomerIdempotencyRecord(models.Model):
-    """An ``Idempotency-Key`` of a personal token on ``/api/v1`` (same rules as
-    IdempotencyRecord, scoped to the token instead of a billing account)."""
+class CustomerIdempotencyRecord(IdempotencyRecordBase):
+    """An ``Idempotency-Key`` of a personal token on ``/api/v1``."""
 
     token = models.ForeignKey(PersonalToken, on_delete=models.CASCADE, related_name="idempotency_records")
-    key = models.CharField(max_length=255)
-    method = models.CharField(max_length=8)
-    path = models.CharField(max_length=512)
-    request_hash = models.CharField(max_length=64)
-    status_code = models.PositiveSmallIntegerField(null=True, blank=True)
-    response_body = models.JSONField(null=True, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
-    completed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["token", "key"], name="customer_idempotency_key_unique")]

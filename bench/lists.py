@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import time
 import uuid
@@ -25,6 +24,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from bench.common import reset_database  # noqa: E402
 DB_NAME = "hako_bench_lists"
 os.environ.update({
     "DJANGO_SETTINGS_MODULE": "panel.settings",
@@ -35,17 +36,12 @@ os.environ.update({
 })
 
 
-def reset_database() -> None:
-    for sql in (f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)", f"CREATE DATABASE {DB_NAME}"):
-        subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-qc", sql], check=True)
-
-
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="1000,10000")
     ap.add_argument("--reps", type=int, default=30)
     args = ap.parse_args()
-    reset_database()
+    reset_database(DB_NAME)
     import django
 
     django.setup()
@@ -107,8 +103,7 @@ def main() -> int:
                   f"{times[int(len(times) * 0.95) - 1] * 1000:>7.1f} {len(queries):>7}")
     print("targets: a page of the VE list over 10,000 VEs <= 20 ms p50; 1,000 VEs on one page <= 100 ms p50")
     connection.close()
-    subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-qc",
-                    f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)"], check=False)
+    reset_database(DB_NAME, drop_only=True)
     return 0
 
 

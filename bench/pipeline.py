@@ -34,7 +34,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 DB_NAME = "hako_bench"
 DB_URL = f"postgres://postgres@127.0.0.1:5432/{DB_NAME}"
 BROKER = "redis://127.0.0.1:6379/14"
@@ -56,6 +55,7 @@ os.environ.update({
     "HAKO_ID_RANGES": "8",
 })
 
+from bench.common import BenchAbort, pct, reset_database, settled  # noqa: E402
 from tests import harness  # noqa: E402
 
 # Not TEST_ROOT/pids nor TEST_ROOT/node-*: a test session's clean_leftovers() must not kill
@@ -80,15 +80,6 @@ def kill_own_leftovers() -> None:
     harness.kill_pidfiles(BENCH_PIDS)
 
 
-def reset_database(drop_only: bool = False) -> None:
-    import psycopg
-
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
-        if not drop_only:
-            conn.execute(f"CREATE DATABASE {DB_NAME}")
-
-
 def flush_redis() -> None:
     import redis
 
@@ -96,17 +87,6 @@ def flush_redis() -> None:
 
 
 # --- statistics and output -----------------------------------------------------------
-
-
-def pct(values: list[float], p: float) -> float:
-    """Percentile with linear interpolation between closest ranks (numpy's default)."""
-    xs = sorted(values)
-    if not xs:
-        return float("nan")
-    k = (len(xs) - 1) * p / 100
-    lo = int(k)
-    hi = min(lo + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
 
 
 def machine() -> str:
@@ -145,35 +125,20 @@ def report(pipe: dict, direct: dict, dispatch: list[float], lag: list[float], ru
 # --- the two sides -------------------------------------------------------------------
 
 
-class BenchAbort(RuntimeError):
-    pass
-
-
-def settled(job, poll: float):
-    from panel.services.jobs import job_wait
-
-    job = job_wait(job, timeout=120, poll=poll)
-    job.seen_at = time.time()  # wall clock, for the event lag (node's finished_at -> seen in DB)
-    if job.state != "succeeded":
-        lines = "\n".join(f"  {line.seq}: {line.message}" for line in job.logs.order_by("seq"))
-        raise BenchAbort(f"{job.kind} job {job.id} ended {job.state}: "
-                         f"{job.explanation or '(no explanation: timed out waiting)'}\n{lines}")
-    return job
-
 
 def pipeline_run(tenant, node, poll: float) -> tuple[dict, list, dict]:
     from panel.models import VE
     from panel.services import ves as svc
 
     t0 = time.perf_counter()
-    create = settled(svc.ve_create(tenant=tenant, template="busybox", node=node), poll)
+    create = settled(svc.ve_create(tenant=tenant, template="busybox", node=node), poll=poll)
     t1 = time.perf_counter()
     ve = VE.objects.select_related("template").get(pk=create.ve_id)
-    start = settled(svc.ve_start(ve=ve), poll)
+    start = settled(svc.ve_start(ve=ve), poll=poll)
     t2 = time.perf_counter()
-    stop = settled(svc.ve_stop(ve=ve), poll)
+    stop = settled(svc.ve_stop(ve=ve), poll=poll)
     t3 = time.perf_counter()
-    destroy = settled(svc.ve_destroy(ve=ve), poll)
+    destroy = settled(svc.ve_destroy(ve=ve), poll=poll)
     t4 = time.perf_counter()
     times = {"create": t1 - t0, "start": t2 - t1, "stop": t3 - t2, "destroy": t4 - t3,
              "create+start": t2 - t0}
@@ -239,7 +204,7 @@ def main() -> int:
     for root in (PIPE_ROOT, DIRECT_ROOT):
         harness.clean_node_root(root)
     try:
-        reset_database()
+        reset_database(DB_NAME)
         flush_redis()
 
         import django
@@ -321,7 +286,7 @@ def main() -> int:
         except Exception:
             pass
         try:
-            reset_database(drop_only=True)
+            reset_database(DB_NAME, drop_only=True)
             flush_redis()
         except Exception as e:  # the next run recreates both anyway
             print(f"bench: could not drop {DB_NAME} / flush Redis db 14: {e}", file=sys.stderr)

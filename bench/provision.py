@@ -32,7 +32,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 DB_NAME = "hako_bench_prov"
 DB_URL = f"postgres://postgres@127.0.0.1:5432/{DB_NAME}"
 BROKER = "redis://127.0.0.1:6379/13"
@@ -50,6 +49,7 @@ os.environ.update({
     "HAKO_ID_RANGES": "16",
 })
 
+from bench.common import BenchAbort, pct, reset_database, settled  # noqa: E402
 from tests import harness  # noqa: E402
 
 PIDS = harness.TEST_ROOT / "bench-prov-pids"
@@ -62,39 +62,6 @@ TARGET_DEBIAN = 1.0     # s, p50 create+start to sshd listening
 
 def kill_own_leftovers() -> None:
     harness.kill_pidfiles(PIDS)
-
-
-def reset_database(drop_only: bool = False) -> None:
-    import psycopg
-
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
-        if not drop_only:
-            conn.execute(f"CREATE DATABASE {DB_NAME}")
-
-
-def pct(values: list[float], p: float) -> float:
-    xs = sorted(values)
-    if not xs:
-        return float("nan")
-    k = (len(xs) - 1) * p / 100
-    lo, hi = int(k), min(int(k) + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
-
-
-class BenchAbort(RuntimeError):
-    pass
-
-
-def settled(job, timeout: float = 120):
-    from panel.services.jobs import job_wait
-
-    job = job_wait(job, timeout=timeout, poll=0.002)
-    job.seen_at = time.time()
-    if job.state != "succeeded":
-        lines = "\n".join(f"  {line.message}" for line in job.logs.order_by("seq"))
-        raise BenchAbort(f"{job.kind} job ended {job.state}: {job.explanation}\n{lines}")
-    return job
 
 
 def sshd_listening(veid: int) -> bool:
@@ -157,7 +124,7 @@ def main() -> int:
     kill_own_leftovers()
     harness.clean_node_root(ROOT)
     try:
-        reset_database()
+        reset_database(DB_NAME)
         import redis
 
         redis.Redis.from_url(BROKER).flushdb()
@@ -263,7 +230,7 @@ def main() -> int:
             from django.db import connections
 
             connections.close_all()
-            reset_database(drop_only=True)
+            reset_database(DB_NAME, drop_only=True)
         except Exception as e:
             print(f"bench: could not drop {DB_NAME}: {e}", file=sys.stderr)
         subprocess.run(["rm", "-rf", "--one-file-system", str(DATA)], capture_output=True)

@@ -1,0 +1,45 @@
+"""Pieces every benchmark uses: its own throw-away database, percentiles, and waiting for
+a job that must succeed."""
+from __future__ import annotations
+
+import time
+
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+class BenchAbort(RuntimeError):
+    """A measured job did not succeed: the figures would mean nothing."""
+
+
+def reset_database(name: str, drop_only: bool = False) -> None:
+    """Drop (and recreate) the benchmark's own database; its connections are forced out."""
+    import psycopg
+
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        if not drop_only:
+            conn.execute(f"CREATE DATABASE {name}")
+
+
+def pct(values: list[float], p: float) -> float:
+    """Percentile with linear interpolation between closest ranks (numpy's default)."""
+    xs = sorted(values)
+    if not xs:
+        return float("nan")
+    k = (len(xs) - 1) * p / 100
+    lo, hi = int(k), min(int(k) + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
+
+
+def settled(job, *, poll: float = 0.002, timeout: float = 120):
+    """Wait for ``job``; abort the benchmark unless it succeeded. ``seen_at`` is the wall
+    clock when the waiter saw it finished (for the node -> database lag)."""
+    from panel.services.jobs import job_wait
+
+    job = job_wait(job, timeout=timeout, poll=poll)
+    job.seen_at = time.time()
+    if job.state != "succeeded":
+        lines = "\n".join(f"  {line.seq}: {line.message}" for line in job.logs.order_by("seq"))
+        raise BenchAbort(f"{job.kind} job {job.id} ended {job.state}: "
+                         f"{job.explanation or '(no explanation: timed out waiting)'}\n{lines}")
+    return job

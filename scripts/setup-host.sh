@@ -118,13 +118,18 @@ fi
 
 # --- lxcfs ----------------------------------------------------------------------------
 lxcfs_mounted() { awk -v d="$LXCFS_DIR" '$2 == d { f = 1 } END { exit !f }' /proc/self/mounts; }
-if pgrep -x lxcfs >/dev/null && lxcfs_mounted; then
+# "Running" means the FUSE mount answers: a killed lxcfs leaves its mount behind, and
+# every stat of it then fails with "Transport endpoint is not connected".
+lxcfs_answers() { lxcfs_mounted && timeout 5 stat "$LXCFS_DIR/proc/meminfo" >/dev/null 2>&1; }
+if pgrep -x lxcfs >/dev/null && lxcfs_answers; then
     say "lxcfs: running"
 else
-    install -d "$LXCFS_DIR"
-    if lxcfs_mounted; then              # stale mount of a dead lxcfs
-        umount -l "$LXCFS_DIR" || true
+    if lxcfs_mounted; then              # stale mount of a dead (or hung) lxcfs
+        say "lxcfs: removing the stale mount on $LXCFS_DIR"
+        pkill -x lxcfs || true
+        umount -l "$LXCFS_DIR" 2>/dev/null || fusermount -uz "$LXCFS_DIR" 2>/dev/null || true
     fi
+    install -d "$LXCFS_DIR"             # only now: install's chmod fails on a stale mount
     say "lxcfs: starting on $LXCFS_DIR"
     # lxcfs 5 stays in the foreground whatever its flags: start-stop-daemon forks it into
     # its own session with stdio on /dev/null, so this script never waits on it.

@@ -6,6 +6,7 @@ a small JSON metadata file that tells the runtime how to boot and halt it. Per-V
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -17,10 +18,13 @@ from pathlib import Path
 
 BUSYBOX_BINARY = "/bin/busybox"  # Debian's busybox-static: no shared libraries to copy
 
+# {syslogd} and {crond} are the applets' paths in this busybox (--list-full): Debian's puts
+# crond in /usr/sbin, and an inittab naming a missing program makes init respawn it in a
+# busy loop (that once cost every busybox VE a share of a core).
 BUSYBOX_INITTAB = """\
 ::sysinit:/etc/init.d/rcS
-::respawn:/sbin/syslogd -n -O /var/log/messages
-::respawn:/sbin/crond -f
+::respawn:/{syslogd} -n -O /var/log/messages
+::respawn:/{crond} -f
 ::ctrlaltdel:/sbin/reboot
 ::shutdown:/bin/umount -a -r
 """
@@ -84,8 +88,13 @@ def list_templates(cache: Path) -> list[str]:
 def build_busybox(cache: Path) -> Path:
     """Build the busybox template into ``cache`` (idempotent; a few milliseconds)."""
     archive, meta = template_paths(cache, "busybox")
+    build = _busybox_build_id()
     if archive.exists() and meta.exists():
-        return archive
+        try:
+            if json.loads(meta.read_text()).get("build") == build:
+                return archive
+        except ValueError:
+            pass  # a torn metadata file: rebuild
     if not os.path.exists(BUSYBOX_BINARY):
         raise TemplateError("busybox-static is not installed on this node (/bin/busybox)")
     cache.mkdir(parents=True, exist_ok=True)
@@ -107,7 +116,7 @@ def build_busybox(cache: Path) -> Path:
             if not link.exists() and not link.is_symlink():
                 link.symlink_to("/bin/busybox")
         files = {
-            "etc/inittab": BUSYBOX_INITTAB,
+            "etc/inittab": BUSYBOX_INITTAB.format(**{a: _applet_path(applets, a) for a in ("syslogd", "crond")}),
             "etc/init.d/rcS": BUSYBOX_RCS,
             "etc/passwd": "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
             "etc/group": "root:x:0:\nnogroup:x:65534:\n",
@@ -124,8 +133,28 @@ def build_busybox(cache: Path) -> Path:
         subprocess.run(["tar", "--numeric-owner", "--owner=0", "--group=0", "-cpf", str(tmp_archive),
                         "-C", str(root), "."], check=True)
         os.replace(tmp_archive, archive)
-    meta.write_text(json.dumps({"name": "busybox", **BUILTIN["busybox"]}, indent=1))
+    tmp_meta = meta.with_suffix(".json.new")
+    tmp_meta.write_text(json.dumps({"name": "busybox", "build": build, **BUILTIN["busybox"]}, indent=1))
+    os.replace(tmp_meta, meta)
     return archive
+
+
+def _applet_path(applets: list[str], name: str) -> str:
+    for path in applets:
+        if path.rsplit("/", 1)[-1] == name:
+            return path
+    raise TemplateError(f"this busybox has no {name} applet")
+
+
+def _busybox_build_id() -> str:
+    """Changes whenever what build_busybox makes would change, so nodes rebuild it."""
+    h = hashlib.sha256((BUSYBOX_INITTAB + BUSYBOX_RCS + json.dumps(BUILTIN["busybox"])).encode())
+    try:
+        st = os.stat(BUSYBOX_BINARY)
+        h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+    except OSError:
+        pass
+    return h.hexdigest()[:16]
 
 
 def ensure_builtin(cache: Path) -> list[str]:

@@ -18,15 +18,18 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from containers import tuning  # noqa: E402
 from containers.config import AgentConfig  # noqa: E402
 from containers.messages import VESpec  # noqa: E402
 from containers.runtime import Runtime  # noqa: E402
@@ -34,8 +37,11 @@ from containers.templates import ensure_builtin  # noqa: E402
 from tests import harness  # noqa: E402
 
 ROOT = harness.TEST_ROOT / "bench-density"
-ID_BASE = 1_000_000 + 9_000 * 65536  # far from the tests' and the other benches' ranges
+ID_BASE = 1_000_000 + 8_000 * 65536  # far from the tests' and the other benches' ranges; 7,000 VEs fit
 TEMPLATE_CACHE = Path(os.environ.get("HAKO_TEST_TEMPLATE_CACHE", "/var/lib/hako-test/template-cache"))
+RESERVE = 3 << 30  # never push the host below this much MemAvailable
+
+
 def loop(n: int) -> str:
     return f"i=0; while [ $i -lt {n} ]; do i=$((i+1)); done"
 
@@ -49,7 +55,9 @@ def runtime() -> Runtime:
         src, dst = TEMPLATE_CACHE / name, cfg.templates / name
         if src.exists() and not dst.exists():
             os.link(src, dst)
-    return Runtime(cfg)
+    rt = Runtime(cfg)
+    print(f"storage pool: {rt.pool.prepare()}")  # as the agent does: VE disks are reflink clones
+    return rt
 
 
 def spec(veid: int, template: str) -> VESpec:
@@ -58,11 +66,15 @@ def spec(veid: int, template: str) -> VESpec:
                   numproc=512, uid_base=ID_BASE + (veid - 20000) * 65536)
 
 
-def mem_available() -> int:
+def meminfo(key: str) -> int:
     for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemAvailable:"):
+        if line.startswith(key + ":"):
             return int(line.split()[1]) * 1024
     return 0
+
+
+def mem_available() -> int:
+    return meminfo("MemAvailable")
 
 
 def timed(argv: list[str]) -> float:
@@ -91,31 +103,60 @@ def overhead(rt: Runtime, reps: int, iterations: int) -> None:
 
 
 def density(rt: Runtime, template: str, n: int) -> None:
-    base = 21000 if template == "busybox" else 23000  # id range index = veid - 20000 (< 5000)
+    """Start n idle VEs one after another, then report how many really run and what each
+    costs. Stops early at the first VE that fails to start: that is the node's limit."""
+    base = 21000 if template == "busybox" else 26000  # id range index = veid - 20000 (< 7000)
     before = mem_available()
     t = time.perf_counter()
     started = 0
     try:
         for i in range(n):
+            if mem_available() < RESERVE:
+                print(f"  stopping at {i} VEs: MemAvailable under {RESERVE / 2**30:.0f} GiB, the reserve "
+                      f"kept for the host", flush=True)
+                break
             s = spec(base + i, template)
-            rt.create(s, 1, lambda m: None)
-            rt.start(s, 1, lambda m: None)
-            started += 1
-        time.sleep(10 if template == "busybox" else 30)  # let them settle into idle
+            try:
+                rt.create(s, 1, lambda m: None)
+                started += 1
+                rt.start(s, 1, lambda m: None)
+            except Exception as e:  # the node's limit, or a defect: either way, say which
+                print(f"  VE {i + 1} of {n} failed to start after {time.perf_counter() - t:.0f} s: {e}",
+                      flush=True)
+                break
+            if (i + 1) % 250 == 0:
+                print(f"  {i + 1} {template} VEs started in {time.perf_counter() - t:.0f} s, "
+                      f"MemAvailable {mem_available() / 2**30:.1f} GiB, page cache {meminfo('Cached') / 2**30:.1f} GiB, "
+                      f"load {os.getloadavg()[0]:.0f}", flush=True)
+        time.sleep(10 if template == "busybox" else 60)  # let them settle into idle
         took = time.perf_counter() - t
-        charged = [int((rt.cgroup_path("memory", base + i) / "memory.usage_in_bytes").read_text())
-                   for i in range(started)]
+        running = [base + i for i in range(started) if rt.is_running(base + i)]
+        charged = [int((rt.cgroup_path("memory", v) / "memory.usage_in_bytes").read_text()) for v in running]
         drop = before - mem_available()
-        procs = sum(rt.nproc(base + i) or 0 for i in range(started))
-        print(f"{template}: {started} idle VEs running, started in {took:.1f} s; "
-              f"memory charged per VE p50 {statistics.median(charged) / 2**20:.1f} MiB; host MemAvailable "
-              f"dropped {drop / 2**20:.0f} MiB ({drop / started / 2**20:.1f} MiB per VE); "
-              f"{procs / started:.1f} processes per VE")
-        print(f"  extrapolated to this node's {mem_available() / 2**30:.1f} GiB still available: "
-              f"about {int(started + mem_available() / max(1, drop / started))} {template} VEs")
+        procs = sum(rt.nproc(v) or 0 for v in running)
+        probe = [running[0], running[len(running) // 2], running[-1]] if running else []
+        answers = [rt.exec(v, ["/bin/sh", "-c", "echo ok"], 30, lambda m: None) for v in probe]
+        load = os.getloadavg()
+        print(f"{template}: {len(running)} of {started} VEs running after {took:.0f} s; memory charged "
+              f"per VE p50 {statistics.median(charged) / 2**20:.1f} MiB; host MemAvailable dropped "
+              f"{drop / 2**20:.0f} MiB ({drop / max(1, len(running)) / 2**20:.1f} MiB per VE), "
+              f"{mem_available() / 2**30:.1f} GiB left; {procs / max(1, len(running)):.1f} processes per VE; "
+              f"load average {load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f}; a command in the first, middle "
+              f"and last VE: {[a.get('exit_code') for a in answers]}", flush=True)
     finally:
-        for i in range(started):
-            rt.destroy(base + i, lambda m: None)
+        t = time.perf_counter()
+
+        def destroy(veid: int) -> None:
+            try:
+                rt.destroy(veid, lambda m: None)
+            except Exception as e:
+                print(f"  destroy of {veid} failed: {e}", flush=True)
+
+        # In parallel, as an agent's worker processes would: each destroy mostly waits on
+        # lxc-stop and umount, and thousands one after another would take most of an hour.
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(destroy, range(base, base + started)))
+        print(f"  destroyed {started} in {time.perf_counter() - t:.0f} s", flush=True)
 
 
 def main() -> int:
@@ -126,12 +167,17 @@ def main() -> int:
     ap.add_argument("--loop", type=int, default=3_000_000,
                     help="iterations of the CPU-bound loop (~6 s: long enough that start-up costs vanish)")
     args = ap.parse_args()
+    # A SIGTERM (or the shell tool's time limit) must still destroy the VEs started so far.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     harness.clean_node_root(ROOT)
     print(f"machine: nproc {os.cpu_count()}, kernel {os.uname().release}, "
           f"MemAvailable {mem_available() / 2**30:.1f} GiB")
+    values, problems = tuning.raise_limits()  # as the node agent does before taking work
+    print(f"tuning: {values}" + (f" problems: {problems}" if problems else ""))
     try:
         rt = runtime()
-        overhead(rt, args.overhead_reps, args.loop)
+        if args.overhead_reps:
+            overhead(rt, args.overhead_reps, args.loop)
         if args.busybox:
             density(rt, "busybox", args.busybox)
         if args.debian:

@@ -23,4 +23,4 @@ COPY . .
 
 USER hako
 EXPOSE 8000
-CMD ["gunicorn", "panel.wsgi", "-b", "0.0.0.0:8000", "-w", "4", "--threads", "4"]
+CMD ["uvicorn", "panel.asgi:application", "--host", "0.0.0.0", "--port", "8000", "--workers", "4", "--proxy-headers"]

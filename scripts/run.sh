@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The embedded default ("make run"): one host runs the panel (gunicorn), the panel
+# The embedded default ("make run"): one host runs the panel (uvicorn, ASGI), the panel
 # Celery worker, beat and the local node agent, in the foreground until Ctrl-C.
 # Every process gets its own session (setsid), so Ctrl-C reaches only this script and
 # the containers the agent starts are never in our process group. On exit we stop the
@@ -76,8 +76,10 @@ say "migrating the database"
 # script a background child is not a group leader, so setsid execs in place and $! is
 # the real PID of the process.
 log=$LOG_DIR/web.log
-setsid .venv/bin/gunicorn panel.wsgi -b "$HAKO_BIND" -w 2 --threads 4 \
-    </dev/null >>"$log" 2>&1 &
+# uvicorn on the ASGI app: the panel's pages and the VE console's WebSocket on one port.
+bind_host=${HAKO_BIND%:*}; bind_host=${bind_host#[}; bind_host=${bind_host%]}
+setsid .venv/bin/uvicorn panel.asgi:application --host "$bind_host" --port "${HAKO_BIND##*:}" \
+    --workers 2 </dev/null >>"$log" 2>&1 &
 started web $! "$log"
 
 log=$LOG_DIR/worker.log

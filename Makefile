@@ -2,7 +2,7 @@
 PYTHON := .venv/bin/python
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test bench bench-provision bench-density
+.PHONY: help setup run test bench bench-provision bench-density bench-migrate
 
 help:
 	@echo "Hako make targets:"
@@ -12,6 +12,7 @@ help:
 	@echo "  bench  the job pipeline benchmark (bench/pipeline.py), reports figures"
 	@echo "  bench-provision  busybox and debian-12 create+start p50/p95 (bench/provision.py)"
 	@echo "  bench-density    CPU overhead inside a VE and memory per idle VE (bench/density.py)"
+	@echo "  bench-migrate    downtime of migrating busybox and debian-12 (500 MB) VEs (bench/migrate.py)"
 
 setup:
 	bash scripts/setup-host.sh
@@ -30,3 +31,6 @@ bench-provision: setup
 
 bench-density: setup
 	$(PYTHON) bench/density.py $(ARGS)
+
+bench-migrate: setup
+	$(PYTHON) bench/migrate.py $(ARGS)

@@ -3,7 +3,7 @@
 
 It runs a whole service lifecycle the way a billing module (WHMCS, Blesta, ...) would:
 
-    test connection -> create account -> create service -> wait until provisioned ->
+    test connection -> create account -> create service -> wait until it runs ->
     read usage -> suspend -> unsuspend -> change plan -> terminate
 
 Every mutating call carries an Idempotency-Key; every step is printed. Configuration by
@@ -175,8 +175,10 @@ def lifecycle(api: HakoBilling, *, plan: str | None = None, plan2: str | None = 
     api.say(f"[create-service] {r.status}: service {r.body['id']} on plan {plan}, status {r.body['status']}, "
             f"addresses {', '.join(r.body['addresses']) or '-'}, job {r.body['job']['id'] if r.body['job'] else '-'}")
 
-    svc = api.wait_until(ref, "provisioned", lambda s: s["status"] != "provisioning", timeout=wait_timeout)
-    api.say(f"[wait] service is {svc['status']} (state {svc['state']})")
+    # Hako starts a service it creates for billing: it is provisioned once it runs.
+    svc = api.wait_until(ref, "running", lambda s: s["status"] == "active" and s["state"] == "running",
+                         timeout=wait_timeout)
+    api.say(f"[wait] service is {svc['status']} (state {svc['state']}, addresses {', '.join(svc['addresses'])})")
 
     now = datetime.now(timezone.utc)
     usage = api.usage(ref, now - timedelta(days=30), now)
@@ -191,6 +193,8 @@ def lifecycle(api: HakoBilling, *, plan: str | None = None, plan2: str | None = 
     r = api.unsuspend(ref)
     statuses["unsuspend"] = r.status
     api.say(f"[unsuspend] {r.status}: status {r.body['status']}")
+    if r.status == 202:  # billing's suspension had stopped it: Hako starts it again
+        api.wait_until(ref, "running", lambda s: s["state"] in ("running", "error"), timeout=wait_timeout)
 
     r = api.change_plan(ref, plan2)
     statuses["change-plan"] = r.status

@@ -1,8 +1,10 @@
 """Billing SSO (issue 8 item 1): POST /api/billing/v1/accounts/{ref}/login-link mints a
-one-time, 5-minute link that signs the tenant's owner in; replays and expired links are a
-readable 403 page."""
+one-time, 5-minute link. Opening it (GET) only asks "Continue to Hako as <user>"; the
+CSRF-protected POST of that page uses it up and signs the tenant's owner in; replays and
+expired links are a readable 403 page."""
 import hashlib
 import json
+import re
 from datetime import timedelta
 
 import pytest
@@ -35,7 +37,11 @@ def mint(c, ref="ext:1204"):
     return r.json()
 
 
-def test_link_signs_the_owner_in_once(whmcs):
+def csrf_of(page) -> str:
+    return re.search(rb'name="csrfmiddlewaretoken" value="([^"]+)"', page.content).group(1).decode()
+
+
+def test_opening_the_link_only_asks_and_the_confirmation_signs_the_owner_in_once(whmcs):
     body = mint(whmcs)
     url = body["url"]
     assert url.startswith("http://testserver/sso/")
@@ -44,16 +50,31 @@ def test_link_signs_the_owner_in_once(whmcs):
     assert link.token_hash == hashlib.sha256(token.encode()).hexdigest() and link.used_at is None
     assert timedelta(minutes=4) < link.expires_at - timezone.now() <= timedelta(minutes=5)
     assert not AuditEvent.objects.filter(detail__icontains=token).exists()
-    browser = Client()
-    r = browser.get(f"/sso/{token}")
+    # A mail scanner or link preview fetches the URL: it gets the question, nothing more.
+    for _ in range(2):
+        preview = Client()
+        r = preview.get(f"/sso/{token}")
+        assert r.status_code == 200 and r["Referrer-Policy"] == "no-referrer"
+        assert f"Continue to Hako as {link.user.get_username()}".encode() in r.content
+        assert b'method="post"' in r.content and "_auth_user_id" not in preview.session
+    assert LoginLink.objects.get().used_at is None
+    assert not AuditEvent.objects.filter(action="login_link.use").exists()
+    # The confirmation is a CSRF-protected POST: without its token nothing happens.
+    browser = Client(enforce_csrf_checks=True)
+    page = browser.get(f"/sso/{token}")
+    assert browser.post(f"/sso/{token}").status_code == 403
+    assert LoginLink.objects.get().used_at is None and "_auth_user_id" not in browser.session
+    r = browser.post(f"/sso/{token}", {"csrfmiddlewaretoken": csrf_of(page)})
     assert r.status_code == 302 and r["Location"] == "/ves/"
     assert browser.get("/ves/").status_code == 200
     assert int(browser.session["_auth_user_id"]) == link.user_id
     assert Membership.objects.get(user=link.user).role == "owner"
     assert AuditEvent.objects.filter(action="login_link.use", result="ok", actor=link.user).exists()
-    # A replay, in another browser: a readable 403 page, no session.
+    # A replay, in another browser: a readable 403 page for the GET and the POST, no session.
     again = Client()
     r = again.get(f"/sso/{token}")
+    assert r.status_code == 403 and b"used already" in r.content
+    r = again.post(f"/sso/{token}")
     assert r.status_code == 403 and b"used already" in r.content
     assert "_auth_user_id" not in again.session
     assert AuditEvent.objects.filter(action="login_link.use", result="denied", detail__why="used").exists()
@@ -62,16 +83,17 @@ def test_link_signs_the_owner_in_once(whmcs):
 def test_expired_and_unknown_links_are_403(whmcs):
     token = mint(whmcs)["url"].rsplit("/", 1)[1]
     LoginLink.objects.update(expires_at=timezone.now() - timedelta(seconds=1))
-    r = Client().get(f"/sso/{token}")
-    assert r.status_code == 403 and b"expired" in r.content
-    r = Client().get("/sso/" + "x" * 43)
-    assert r.status_code == 403 and b"not valid" in r.content
+    for method in (Client().get, Client().post):
+        r = method(f"/sso/{token}")
+        assert r.status_code == 403 and b"expired" in r.content
+        r = method("/sso/" + "x" * 43)
+        assert r.status_code == 403 and b"not valid" in r.content
     assert LoginLink.objects.get().used_at is None
 
 
-def test_concurrent_clicks_sign_in_once(whmcs, transactional_db):
+def test_concurrent_confirmations_sign_in_once(whmcs, transactional_db):
     token = mint(whmcs)["url"].rsplit("/", 1)[1]
-    codes = in_parallel(lambda i: Client().get(f"/sso/{token}").status_code, 4)
+    codes = in_parallel(lambda i: Client().post(f"/sso/{token}").status_code, 4)
     assert sorted(codes) == [302, 403, 403, 403], codes
 
 

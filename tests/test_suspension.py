@@ -65,6 +65,35 @@ def test_lifting_one_source_does_not_lift_another(running_ve, people):
 
 
 @pytest.mark.django_db(transaction=True)
+def test_restore_power_starts_only_what_the_lifted_suspension_stopped(running_ve, people, tenant):
+    ve = running_ve
+    s = susp.ve_suspend(ve=ve, by="billing", reason="unpaid", actor=people.staff)
+    assert s.stopped_running and len(s.stop_jobs) == 1
+    settle(s.stop_jobs[0], state="stopped")
+    susp.ve_suspend(ve=ve, by="abuse", reason="spam", actor=people.staff)  # stops nothing: already stopped
+    assert not Suspension.objects.get(source="abuse").stopped_running
+    lifted = susp.ve_unsuspend(ve=ve, by="billing", actor=people.staff, restore_power=True)
+    assert lifted.start_job is None  # abuse still holds it
+    susp.ve_suspend(ve=ve, by="billing", reason="unpaid again", actor=people.staff)
+    susp.ve_unsuspend(ve=ve, by="abuse", actor=people.staff)
+    again = susp.ve_unsuspend(ve=ve, by="billing", actor=people.staff, restore_power=True)
+    assert again.start_job is None  # this billing suspension met a stopped VE: it stays stopped
+    s = susp.ve_suspend(ve=ve, by="billing", reason="third", actor=people.staff)
+    assert s.stop_jobs == [] and not s.stopped_running
+
+    other = settle(svc.ve_create(tenant=tenant, template="busybox"), state="running")
+    s = susp.ve_suspend(ve=other, by="billing", reason="unpaid", actor=people.staff)
+    settle(s.stop_jobs[0], state="stopped")
+    plain = susp.ve_unsuspend(ve=other, by="billing", actor=people.staff)  # staff: the owner starts it
+    assert plain.start_job is None and not Job.objects.filter(ve=other, kind="start").exists()
+    other = settle(svc.ve_start(ve=other, actor=people.owner), state="running")
+    s = susp.ve_suspend(ve=other, by="billing", reason="unpaid", actor=people.staff)
+    settle(s.stop_jobs[0], state="stopped")
+    lifted = susp.ve_unsuspend(ve=other, by="billing", actor=people.staff, restore_power=True)
+    assert lifted.start_job.kind == "start" and Job.objects.filter(ve=other, kind="start").count() == 2
+
+
+@pytest.mark.django_db(transaction=True)
 def test_a_tenant_suspension_stops_every_ve_and_is_lifted_on_its_own(idle_node, tenant, people):
     a = settle(svc.ve_create(tenant=tenant, template="busybox"), state="running")
     b = settle(svc.ve_create(tenant=tenant, template="busybox"), state="stopped")
@@ -136,6 +165,13 @@ def test_suspension_stops_a_running_busybox_ve_and_start_is_refused(stack, node,
         svc.ve_start(ve=ve)
     susp.ve_unsuspend(ve=ve, by="billing")
     assert job_wait(svc.ve_start(ve=ve), timeout=60).state == "succeeded"
+    ve.refresh_from_db()
+    assert ve.state == "running"
+    # billing's unsuspend (restore_power) brings back what its suspension stopped
+    s = susp.ve_suspend(ve=ve, by="billing", reason="invoice 8 unpaid")
+    run(s.stop_jobs[0])
+    lifted = susp.ve_unsuspend(ve=ve, by="billing", restore_power=True)
+    run(lifted.start_job)
     ve.refresh_from_db()
     assert ve.state == "running"
 

@@ -63,7 +63,17 @@ def receiver():
 
 
 @pytest.fixture
-def whmcs(db):
+def whmcs(db, settings):
+    """A billing account whose endpoints may be on loopback: these tests deliver to a
+    receiver on 127.0.0.1, which the SSRF guard refuses by default (see ``strict``)."""
+    settings.HAKO_WEBHOOK_ALLOW_PRIVATE = True
+    return Billing(token_for("whmcs")[1])
+
+
+@pytest.fixture
+def strict(db, settings):
+    """The same account with the default SSRF guard: public destinations only."""
+    settings.HAKO_WEBHOOK_ALLOW_PRIVATE = False
     return Billing(token_for("whmcs")[1])
 
 
@@ -106,8 +116,72 @@ def test_endpoint_secret_is_shown_once_and_is_a_standard_webhooks_secret(whmcs, 
 def test_bad_endpoint_urls_are_400_and_add_nothing(whmcs, url):
     r = whmcs.post("/webhooks", {"url": url})
     assert r.status_code == 400 and r["Content-Type"].startswith("application/problem+json"), r.content
-    assert r.json()["code"] in ("invalid", "validation-failed")
+    assert r.json()["code"] in ("invalid", "validation-failed", "url-not-allowed")
     assert not WebhookEndpoint.objects.exists()
+
+
+# --- SSRF guard ------------------------------------------------------------------------------------
+
+INTERNAL = ["http://127.1/", "http://[::1]/", "http://0x7f000001/", "http://2130706433/", "http://0177.0.0.1/",
+            "http://169.254.169.254/latest/meta-data/", "http://localhost:8000/hook", "http://0/",
+            "http://[::ffff:127.0.0.1]/", "http://[2002:7f00:1::]/", "http://10.1.2.3/", "http://192.168.0.1/",
+            "http://172.16.0.1/", "http://100.64.0.1/", "http://[fd00:50::1]/", "http://[fe80::1]/",
+            "http://224.0.0.1/", "http://240.0.0.1/", "http://198.18.50.1/"]
+
+
+@pytest.mark.parametrize("url", INTERNAL)
+def test_internal_destinations_are_refused_at_registration(strict, url):
+    body = problem_of(strict.post("/webhooks", {"url": url}), 400, "url-not-allowed")
+    assert "not a public address" in body["detail"] and body["field"] == "url"
+    assert not WebhookEndpoint.objects.exists()
+
+
+@pytest.mark.parametrize("url, why", [("https://user:pw@example.com/", "credentials"),
+                                      ("https://token@example.com/", "credentials"),
+                                      ("gopher://example.com/", "http or https"),
+                                      ("file:///etc/passwd", "http or https"),
+                                      ("http://no-such-host.invalid/", "does not resolve")])
+def test_credentials_other_schemes_and_unresolvable_hosts_are_refused(strict, url, why):
+    assert why in problem_of(strict.post("/webhooks", {"url": url}), 400, "url-not-allowed")["detail"]
+    assert not WebhookEndpoint.objects.exists()
+
+
+def test_a_public_address_is_accepted_and_the_setting_admits_loopback(strict, settings):
+    # Registration only resolves (a literal address needs no DNS); nothing is sent.
+    assert strict.post("/webhooks", {"url": "https://93.184.216.34/hooks"}).status_code == 201
+    problem_of(strict.post("/webhooks", {"url": "http://localhost:8000/hook"}), 400, "url-not-allowed")
+    settings.HAKO_WEBHOOK_ALLOW_PRIVATE = True
+    assert strict.post("/webhooks", {"url": "http://localhost:8000/hook"}).status_code == 201
+
+
+def test_delivery_checks_the_address_it_connects_to_against_dns_rebinding(strict, catalog, receiver, scheduled,
+                                                                          settings, monkeypatch):
+    """A name that resolved to a public address at registration and to 127.0.0.1 at
+    delivery (DNS rebinding) is refused when the connection is made; the faked resolver
+    answers for this one name, so no packet leaves the machine."""
+    import socket
+
+    real, answer = socket.getaddrinfo, {"ip": "93.184.216.34"}
+
+    def resolve(host, *args, **kwargs):
+        return real(answer["ip"] if host == "hooks.example.test" else host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    port = receiver.server.server_address[1]
+    add_endpoint(strict, f"http://hooks.example.test:{port}/hooks/hako")
+    make_service(strict)
+    answer["ip"] = "127.0.0.1"
+    [delivery] = deliveries_for("service.created")
+    d = webhooks.delivery_attempt(delivery.pk)
+    assert d.status == "pending" and d.attempts == 1 and d.last_status_code is None
+    assert "127.0.0.1 (loopback), not a public address" in d.last_error, d.last_error
+    assert receiver.got == [] and scheduled == [(str(delivery.pk), webhooks.BACKOFF[0])]
+    # The same delivery with the guard lifted reaches the receiver: the refusal above was
+    # the guard's, and the request still names the endpoint's host.
+    settings.HAKO_WEBHOOK_ALLOW_PRIVATE = True
+    d = webhooks.delivery_attempt(delivery.pk, now=d.next_attempt_at)
+    assert d.status == "succeeded" and len(receiver.got) == 1
+    assert receiver.got[0][0]["host"] == f"hooks.example.test:{port}"
 
 
 def test_unknown_event_types_are_400(whmcs, receiver):

@@ -203,7 +203,8 @@ class AccountLoginLinkApi(BillingApi):
 
 
 class ServiceCreateApi(BillingApi):
-    """Create a VE from a plan: 202 with the service and its create job."""
+    """Create a VE from a plan: 202 with the service and its create job, which also starts
+    it (``provisioning`` until it runs, then ``active``); Hako picks node and addresses."""
 
     @extend_schema(operation_id="services_create", request=ServiceCreateIn, parameters=[IDEMPOTENCY_HEADER],
                    responses={202: OpenApiTypes.OBJECT})
@@ -256,11 +257,12 @@ class ServiceSuspendApi(ServiceVerbApi):
 
 
 class ServiceUnsuspendApi(ServiceVerbApi):
-    """Lift billing's suspension; admin/abuse holds stay (status still "suspended")."""
+    """Lift billing's suspension; admin/abuse holds stay (status still "suspended"). A VE
+    that billing's suspension stopped starts again: 202 with the start job; else 200."""
 
     def act(self, ve, data):
-        svc.billing_service_unsuspend(account=self.account, ve=ve, reason=data.get("reason", ""))
-        return None, status.HTTP_200_OK
+        job = svc.billing_service_unsuspend(account=self.account, ve=ve, reason=data.get("reason", ""))
+        return job, status.HTTP_202_ACCEPTED if job else status.HTTP_200_OK
 
     @_verb_schema("unsuspend")
     def post(self, request, ref):

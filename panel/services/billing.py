@@ -215,7 +215,9 @@ def _plan(name) -> Plan:
 def billing_service_create(*, account: BillingAccount, tenant_ref, plan, template: str, hostname=None,
                            external_id=None, root_password=None, ssh_keys=None) -> tuple[VE, Job]:
     """Create a VE of a linked tenant from an enabled plan; Hako picks the node and the
-    addresses. The VE and its link are one transaction with the create job."""
+    addresses. The VE and its link are one transaction with the create job, which also
+    starts the VE: a billing system expects an active service (status ``provisioning``
+    until it runs)."""
     from .ves import ve_create
 
     tenant, _ = tenant_resolve(account, tenant_ref)
@@ -228,7 +230,8 @@ def billing_service_create(*, account: BillingAccount, tenant_ref, plan, templat
     try:
         with transaction.atomic():
             job = ve_create(tenant=tenant, actor=None, template=template, hostname=hostname, plan=the_plan,
-                            root_password=root_password, ssh_keys=ssh_keys, source=_source(account))
+                            root_password=root_password, ssh_keys=ssh_keys, source=_source(account),
+                            start=True)
             _link(account, BillingLink.Kind.VE, external_id, job.ve_id, "service")
             event_emit("service.created", tenant_id=tenant.pk, ve=job.ve, status="provisioning",
                        plan=the_plan.name, source=_source(account))
@@ -252,12 +255,16 @@ def billing_service_suspend(*, account: BillingAccount, ve: VE, reason: str = ""
     return susp.stop_jobs
 
 
-def billing_service_unsuspend(*, account: BillingAccount, ve: VE, reason: str = "") -> None:
-    """Lift the ``billing`` suspension only; admin and abuse holds stay (a repeat is a no-op)."""
+def billing_service_unsuspend(*, account: BillingAccount, ve: VE, reason: str = "") -> Job | None:
+    """Lift the ``billing`` suspension only; admin and abuse holds stay (a repeat is a no-op).
+    A VE that billing's suspension stopped while it ran is started again once nothing else
+    holds it; returns that start job, or None."""
     from .suspensions import ve_unsuspend
 
     _live(ve, "unsuspended")
-    ve_unsuspend(ve=ve, by=Suspension.Source.BILLING, reason=reason, actor=None, source=_source(account))
+    susp = ve_unsuspend(ve=ve, by=Suspension.Source.BILLING, reason=reason, actor=None, source=_source(account),
+                        restore_power=True)
+    return getattr(susp, "start_job", None)
 
 
 def billing_service_terminate(*, account: BillingAccount, ve: VE) -> tuple[Job | None, bool]:

@@ -1,5 +1,6 @@
 """One-time sign-in links a billing system mints for a tenant's owner (WHMCS
-ServiceSingleSignOn): ``/sso/<token>``, valid for LINK_TTL, usable once.
+ServiceSingleSignOn): ``/sso/<token>``, valid for LINK_TTL, usable once. Opening the link
+(GET) only asks for a confirmation; the confirming POST uses it up and signs in.
 
 Only the SHA-256 of the token is stored; consuming is one conditional UPDATE (unused and
 not expired), so two concurrent clicks cannot both sign in.
@@ -43,6 +44,25 @@ def login_link_create(*, account: BillingAccount, tenant: Tenant) -> tuple[Login
         audit(action="login_link.create", tenant=tenant, obj=link, source=f"billing:{account.name}",
               detail={"user": user.get_username(), "expires_at": link.expires_at.isoformat()})
     return link, text
+
+
+def login_link_peek(text: str) -> tuple[LoginLink | None, str]:
+    """(link, "ok") if ``text`` is a live link, else (None, why) as login_link_consume
+    says; reads only. The GET of ``/sso/<token>`` shows this, so that a mail scanner or a
+    link preview that fetches the URL neither uses the link up nor signs anyone in."""
+    if not isinstance(text, str) or not 20 <= len(text) <= 100:
+        return None, "unknown"
+    link = LoginLink.objects.select_related("user", "tenant").filter(token_hash=_hash(text)).first()
+    if link is None:
+        return None, "unknown"
+    if link.used_at:
+        return None, "used"
+    if link.expires_at <= timezone.now():
+        return None, "expired"
+    if not (link.user.is_active and Membership.objects.filter(
+            user=link.user, tenant=link.tenant, role=Membership.Role.OWNER).exists()):
+        return None, "not-owner"
+    return link, "ok"
 
 
 def login_link_consume(text: str) -> tuple[LoginLink | None, str]:

@@ -6,7 +6,9 @@ suspended while any active suspension applies to it or to its tenant; lifting on
 suspension leaves the others in force. A suspended VE is stopped through the ordinary
 ``ve_stop`` job and refused by ``ve_start``/``ve_restart``; one that runs anyway (its stop
 met a busy VE, it came back on boot) is stopped again by ``enforce_suspensions`` (beat).
-Lifting the last suspension does not start a VE: its owner does.
+Lifting the last suspension does not start a VE (its owner does), except through
+``ve_unsuspend(restore_power=True)``, which billing's unsuspend uses: a VE that the lifted
+suspension itself stopped while it ran is started again once nothing else holds it.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import logging
 from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
+from django.utils.translation import gettext as _
 
 from panel.access import require_staff
 from panel.models import VE, Job, Suspension, Tenant
@@ -63,7 +66,8 @@ def suspension_status(ve: VE) -> list[dict]:
 
 def _by(value) -> str:
     if value not in Suspension.Source.values:
-        raise InvalidInput(f"a suspension comes from one of: {', '.join(Suspension.Source.values)}", field="by")
+        raise InvalidInput(_("a suspension comes from one of: %(sources)s")
+                           % {"sources": ", ".join(Suspension.Source.values)}, field="by")
     return value
 
 
@@ -108,9 +112,9 @@ def ve_suspend(*, ve: VE, by: str, reason: str, actor=None, source: str = "") ->
     by = _by(by)
     reason = check_text(reason, field="reason", limit=REASON_MAX)
     with transaction.atomic():
-        locked = VE.objects.select_for_update().select_related("tenant", "node", "template").get(pk=ve.pk)
+        locked = VE.objects.select_for_update(of=("self",)).select_related("tenant", "node", "template").get(pk=ve.pk)
         if locked.state == VE.State.DESTROYED:
-            raise NotFound(f"VE {locked.veid} does not exist")
+            raise NotFound(_("VE %(veid)s does not exist") % {"veid": locked.veid})
         susp, created = _create(actor, tenant=locked.tenant, ve=locked, source=by, reason=reason)
         audit(action="ve.suspend", actor=actor, tenant=locked.tenant, obj=locked, source=source,
               result="ok" if created else "noop",
@@ -118,17 +122,25 @@ def ve_suspend(*, ve: VE, by: str, reason: str, actor=None, source: str = "") ->
         if created:
             event_emit("service.suspended", tenant_id=locked.tenant_id, ve=locked, status="suspended", source=by)
         susp.stop_jobs = _stop([locked], actor, source)
+        if susp.stop_jobs and not susp.stopped_running:
+            susp.stopped_running = True
+            susp.save(update_fields=["stopped_running"])
     return susp
 
 
-def ve_unsuspend(*, ve: VE, by: str, actor=None, reason: str = "", source: str = "") -> Suspension | None:
+def ve_unsuspend(*, ve: VE, by: str, actor=None, reason: str = "", source: str = "",
+                 restore_power: bool = False) -> Suspension | None:
     """Lift the VE's own suspension by ``by``; others (other sources, the tenant's) stay.
-    Returns the lifted suspension, or None if there was none (a repeat is a no-op)."""
+    Returns the lifted suspension, or None if there was none (a repeat is a no-op).
+
+    With ``restore_power``, a VE that this suspension stopped while it ran, and that no
+    other suspension holds, is started again; the start job is the result's
+    ``start_job`` (None when nothing was started)."""
     require_staff(actor, what="lifting suspensions", source=source)
     by = _by(by)
     reason = check_text(reason, field="reason", limit=REASON_MAX, required=False)
     with transaction.atomic():
-        locked = VE.objects.select_for_update().select_related("tenant").get(pk=ve.pk)
+        locked = VE.objects.select_for_update(of=("self",)).select_related("tenant").get(pk=ve.pk)
         susp = Suspension.objects.select_for_update().filter(ve=locked, source=by, lifted_at__isnull=True).first()
         _lift(susp, actor, reason)
         remaining = active_suspensions(locked)
@@ -139,6 +151,15 @@ def ve_unsuspend(*, ve: VE, by: str, actor=None, reason: str = "", source: str =
             event_emit("service.unsuspended", tenant_id=locked.tenant_id, ve=locked, source=by,
                        status="suspended" if remaining else "active",
                        still_suspended_by=[s.source for s in remaining])
+            susp.start_job = None
+            if restore_power and susp.stopped_running and not remaining and locked.state == VE.State.STOPPED:
+                from .ves import ve_start
+
+                try:
+                    with transaction.atomic():
+                        susp.start_job = ve_start(ve=locked, actor=actor, source=source)
+                except Conflict as e:  # a job in flight: the owner starts it later
+                    log.info("unsuspended VE %s not started now (%s)", locked.veid, e.message)
     return susp
 
 

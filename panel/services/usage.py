@@ -1,12 +1,20 @@
 """Usage metering (issue 8 item 6): immutable hourly records per VE and meter, in base
-units, made from what the VE rows already hold (no per-minute samples yet):
+units, made from the VE rows and the totals the node agents' heartbeats feed into them:
 
 - ``ve_hours`` (hour): the part of the hour the VE existed (created .. destroyed);
-- ``memory_byte_hours`` (byte-hour): its memory limit times that part;
+- ``memory_allocated_byte_hours`` (byte-hour): its memory limit times that part;
 - ``disk_bytes`` (byte): its disk size at the hour's close (a gauge);
 - ``net_in_bytes`` / ``net_out_bytes`` (byte): growth of VE.traffic (the heartbeat-fed,
-  reset-safe totals) since the last closed hour; when several hours are closed at once the
-  growth is booked to the last of them (the panel has no finer record of when it happened).
+  reset-safe totals) since the last closed hour;
+- ``cpu_seconds`` (second): growth of the VE's CPU time (UsageSample, from its cgroup's
+  ``cpuacct.usage``, reset-safe across restarts) since the last closed hour;
+- ``memory_byte_hours`` (byte-hour): the memory it actually used, integrated over the
+  heartbeats' samples since the last closed hour;
+- ``memory_peak_bytes`` (byte, a gauge): the highest memory charge since the last closed
+  hour (the kernel's high-water mark, reset by the agent at every sample).
+
+The counters' growth is booked to the hour being closed; when several hours are closed at
+once it goes to the last of them (the panel has no finer record of when it happened).
 
 ``usage_rollup(now=...)`` closes every hour that ended before ``now`` (beat, hourly). Each
 record's ``uid`` is uuid5(VE, meter, hour), so a second run writes nothing.
@@ -21,14 +29,17 @@ from django.db import transaction
 from django.db.models import F, Max, Sum
 from django.utils import timezone
 
-from panel.models import VE, BillingAccount, BillingLink, UsageMark, UsageRecord
+from panel.models import VE, BillingAccount, BillingLink, UsageMark, UsageRecord, UsageSample
 
 from .errors import InvalidInput
 
 NAMESPACE = uuid.UUID("5d1e7a52-3c55-4c0e-9a55-6861b06f0001")
-METERS = {"ve_hours": "hour", "memory_byte_hours": "byte-hour", "disk_bytes": "byte",
-          "net_in_bytes": "byte", "net_out_bytes": "byte"}
-GAUGES = ("disk_bytes",)        # summarised by max, the others by sum
+METERS = {"ve_hours": "hour", "memory_allocated_byte_hours": "byte-hour", "disk_bytes": "byte",
+          "net_in_bytes": "byte", "net_out_bytes": "byte", "cpu_seconds": "second",
+          "memory_byte_hours": "byte-hour", "memory_peak_bytes": "byte"}
+GAUGES = ("disk_bytes", "memory_peak_bytes")        # summarised by max, the others by sum
+SAMPLED = ("cpu_ns", "mem_byte_seconds")             # the UsageSample totals a mark remembers
+MICRO = Decimal("0.000001")
 HOUR = timedelta(hours=1)
 MAX_CATCH_UP = 24 * 40           # hours one VE closes per run at most
 
@@ -46,7 +57,7 @@ def _existed(ve: VE, start: datetime, end: datetime) -> Decimal:
     lo = max(start, ve.created_at)
     hi = min(end, ve.destroyed_at) if ve.destroyed_at else end
     seconds = max((hi - lo).total_seconds(), 0)
-    return (Decimal(int(seconds)) / Decimal(3600)).quantize(Decimal("0.000001"))
+    return (Decimal(int(seconds)) / Decimal(3600)).quantize(MICRO)
 
 
 def _ve_rollup(ve: VE, until: datetime) -> int:
@@ -60,17 +71,29 @@ def _ve_rollup(ve: VE, until: datetime) -> int:
             end = min(end, hour_floor(ve.destroyed_at) + HOUR)
         if end <= start:
             return 0
-        totals = ve.traffic or {}
+        # Read now (the rollup may run long after ``ve`` was loaded). The sample row is locked:
+        # its memory peak is reset below with no heartbeat in between. The rollup locks only
+        # the mark and the sample row; the heartbeat never locks a mark: no lock cycle.
+        totals = VE.objects.values_list("traffic", flat=True).get(pk=ve.pk) or {}
         grew = {k: max(int(totals.get(k, 0)) - int(mark.traffic.get(k, 0)), 0) for k in ("in_bytes", "out_bytes")}
+        sampled = UsageSample.objects.select_for_update().filter(ve=ve).first()
+        meters = sampled.totals if sampled else {}
+        used = {k: max(int(meters.get(k, 0)) - int(mark.meters.get(k, 0)), 0) for k in SAMPLED}
+        peak = int(meters.get("mem_peak_bytes", 0))
         plan = ve.plan.name if ve.plan_id else ""
         rows = []
         h = start
         while h < end:
             part = _existed(ve, h, h + HOUR)
             last = h + HOUR >= end
-            values = {"ve_hours": part, "memory_byte_hours": part * ve.memory, "disk_bytes": Decimal(ve.disk),
+            values = {"ve_hours": part, "memory_allocated_byte_hours": part * ve.memory,
+                      "disk_bytes": Decimal(ve.disk),
                       "net_in_bytes": Decimal(grew["in_bytes"] if last else 0),
-                      "net_out_bytes": Decimal(grew["out_bytes"] if last else 0)}
+                      "net_out_bytes": Decimal(grew["out_bytes"] if last else 0),
+                      "cpu_seconds": (Decimal(used["cpu_ns"]) / 10 ** 9).quantize(MICRO) if last else Decimal(0),
+                      "memory_byte_hours": ((Decimal(used["mem_byte_seconds"]) / 3600).quantize(MICRO)
+                                            if last else Decimal(0)),
+                      "memory_peak_bytes": Decimal(peak if last else 0)}
             if part:
                 rows += [UsageRecord(uid=record_uid(ve.pk, meter, h), ve=ve, tenant_id=ve.tenant_id, meter=meter,
                                      unit=METERS[meter], quantity=q, plan=plan, period_start=h,
@@ -78,7 +101,10 @@ def _ve_rollup(ve: VE, until: datetime) -> int:
             h += HOUR
         UsageRecord.objects.bulk_create(rows, ignore_conflicts=True)
         UsageMark.objects.filter(pk=mark.pk).update(
-            closed_until=end, traffic={k: int(totals.get(k, 0)) for k in ("in_bytes", "out_bytes")})
+            closed_until=end, traffic={k: int(totals.get(k, 0)) for k in ("in_bytes", "out_bytes")},
+            meters={k: int(meters.get(k, 0)) for k in SAMPLED})
+        if peak:  # the next hour gets its own peak, from the samples after this moment
+            UsageSample.objects.filter(pk=sampled.pk).update(totals={**meters, "mem_peak_bytes": 0})
     return len(rows)
 
 

@@ -8,23 +8,35 @@ endpoint, payload built with that account's external ids), then delivers each on
 success, 410 disables the endpoint, anything else is retried with exponential backoff
 (``BACKOFF``) up to ``MAX_ATTEMPTS``. A beat sweep (``webhooks_sweep``) picks up events
 and retries whose task message was lost.
+
+Endpoint URLs are a server-side request the billing account chooses, so they are held to
+public destinations (SSRF guard, ``check_destination``): at registration, and again at
+every delivery on the addresses the connection then really uses, so that a name that
+resolved to a public address once and to 127.0.0.1 later (DNS rebinding) is refused.
+``HAKO_WEBHOOK_ALLOW_PRIVATE`` lifts the address rule (receivers on a private LAN, tests).
 """
 from __future__ import annotations
 
 import base64
 import hashlib
 import hmac
+import http.client
+import ipaddress
 import json
 import logging
+import socket
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from datetime import datetime, timedelta
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import URLValidator
 from django.db import transaction
 from django.utils import timezone
+from django.utils.translation import gettext as _
 
 from panel.models import VE, BillingAccount, BillingLink, DomainEvent, WebhookDelivery, WebhookEndpoint
 
@@ -151,6 +163,90 @@ def event_fanout(event_id, *, now=None) -> list[WebhookDelivery]:
 
 # --- delivery ------------------------------------------------------------------------------------
 
+class URLRefused(OSError):
+    """A webhook destination that is not a public address (or does not resolve). An
+    OSError, so that urllib reports it like any connection failure."""
+
+
+def address_problem(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+    """What kind of non-public address ``ip`` is (``loopback``, ``private``...), or None
+    for a public one. IPv4 inside IPv6 (mapped, 6to4, Teredo) is judged as IPv4."""
+    if ip.version == 6:
+        inner = ip.ipv4_mapped or ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
+        if inner is not None:
+            return address_problem(inner)
+    for kind, hit in (("unspecified", ip.is_unspecified), ("loopback", ip.is_loopback),
+                      ("link-local", ip.is_link_local), ("multicast", ip.is_multicast),
+                      ("private", ip.is_private), ("reserved", ip.is_reserved)):
+        if hit:
+            return kind
+    return None if ip.is_global else "non-public"
+
+
+def check_destination(host: str, port: int) -> list[tuple]:
+    """Resolve ``host`` and return its getaddrinfo entries, refusing (URLRefused) a name
+    that does not resolve or any of whose addresses is not public: a name with one public
+    and one internal address would let the connection pick the internal one. With
+    HAKO_WEBHOOK_ALLOW_PRIVATE every address is allowed."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+    except (socket.gaierror, UnicodeError, ValueError):
+        raise URLRefused(_("the host %(host)s does not resolve") % {"host": host[:253]}) from None
+    if not settings.HAKO_WEBHOOK_ALLOW_PRIVATE:
+        for info in infos:
+            ip = ipaddress.ip_address(info[4][0].split("%", 1)[0])
+            kind = address_problem(ip)
+            if kind:
+                raise URLRefused(
+                    _("the host %(host)s resolves to %(ip)s (%(kind)s), not a public address; webhooks are "
+                      "only sent to public addresses") % {"host": host[:253], "ip": ip, "kind": kind})
+    return infos
+
+
+def _guarded_create_connection(address, timeout=socket._GLOBAL_DEFAULT_TIMEOUT, source_address=None):
+    """socket.create_connection that connects only to the addresses check_destination
+    approved in this very call: no second lookup an attacker's DNS could answer differently."""
+    host, port = address
+    error = None
+    for family, type_, proto, _canon, sockaddr in check_destination(host, port):
+        sock = socket.socket(family, type_, proto)
+        try:
+            if timeout is not socket._GLOBAL_DEFAULT_TIMEOUT:
+                sock.settimeout(timeout)
+            if source_address:
+                sock.bind(source_address)
+            sock.connect(sockaddr)
+            return sock
+        except OSError as e:
+            sock.close()
+            error = e
+    raise error or URLRefused(f"cannot connect to {host}")
+
+
+class _GuardedHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._create_connection = _guarded_create_connection
+
+
+class _GuardedHTTPSConnection(http.client.HTTPSConnection):
+    """TLS still checks the certificate against the URL's host name (SNI too)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._create_connection = _guarded_create_connection
+
+
+class _GuardedHTTPHandler(urllib.request.HTTPHandler):
+    def http_open(self, req):
+        return self.do_open(_GuardedHTTPConnection, req)
+
+
+class _GuardedHTTPSHandler(urllib.request.HTTPSHandler):
+    def https_open(self, req):
+        return self.do_open(_GuardedHTTPSConnection, req, context=self._context)
+
+
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
     """A 3xx is a failed attempt (Standard Webhooks): never follow it elsewhere."""
 
@@ -158,7 +254,9 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
-_opener = urllib.request.build_opener(_NoRedirect)
+# No proxies from the environment: the guard must judge the real destination, not a proxy.
+_opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect, _GuardedHTTPHandler,
+                                      _GuardedHTTPSHandler)
 
 
 def http_post(url: str, body: bytes, headers: dict, timeout: float = TIMEOUT) -> tuple[int, dict]:
@@ -252,14 +350,30 @@ def webhooks_sweep(*, now=None) -> dict:
 # --- management (billing API) --------------------------------------------------------------------
 
 def _check_url(url) -> str:
+    """An endpoint URL: http(s), no credentials, a host that resolves to public addresses
+    only (unless HAKO_WEBHOOK_ALLOW_PRIVATE); refusals are ``url-not-allowed``."""
     if not isinstance(url, str) or len(url) > 2000:
-        raise InvalidInput("url must be an http(s) URL of at most 2000 characters", field="url")
+        raise InvalidInput(_("url must be an http(s) URL of at most 2000 characters"), field="url")
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
+    except ValueError:
+        raise InvalidInput(_("url must be an http(s) URL"), field="url") from None
+    if parts.scheme.lower() not in ("http", "https"):
+        raise InvalidInput(_("url must be an http or https URL"), field="url", code="url-not-allowed")
+    if "@" in parts.netloc:
+        raise InvalidInput(_("url must not carry credentials (user:password@)"), field="url",
+                           code="url-not-allowed")
+    if not parts.hostname:
+        raise InvalidInput(_("url must name a host"), field="url")
+    try:
+        check_destination(parts.hostname, port)
+    except URLRefused as e:
+        raise InvalidInput(_("url refused: %(why)s") % {"why": e}, field="url", code="url-not-allowed") from None
     try:
         URLValidator(schemes=["http", "https"])(url)
     except ValidationError:
-        raise InvalidInput("url must be an http(s) URL", field="url") from None
-    if "@" in url.split("/")[2]:
-        raise InvalidInput("url must not carry credentials", field="url")
+        raise InvalidInput(_("url must be an http(s) URL"), field="url") from None
     return url
 
 

@@ -8,6 +8,8 @@ member whose role is too low gets Forbidden (403). Staff see every tenant, and s
 from __future__ import annotations
 
 from django.core.exceptions import ValidationError
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 
 from panel.models import VE, Job, Membership, Plan, QuotaRequest, Suspension, Tenant
 
@@ -61,18 +63,44 @@ def require_role(user, tenant: Tenant, min_role: str, *, what: str = "object", s
     if role is None:
         audit_denial(user, None, "not-member", {"tenant": str(tenant.pk), "required": min_role, "what": what},
                       source)
-        raise NotFound(f"{what} not found")
+        raise NotFound(_("%(what)s not found") % {"what": _what(what)})
     if ROLE_RANK[role] < ROLE_RANK[min_role]:
         audit_denial(user, tenant, "role", {"role": role, "required": min_role, "what": what}, source)
-        raise Forbidden(f"your role in {tenant.slug} is {role}; this needs {min_role} or higher")
+        raise Forbidden(_("your role in %(tenant)s is %(role)s; this needs %(required)s or higher")
+                        % {"tenant": tenant.slug, "role": _role(role), "required": _role(min_role)})
     return role
+
+
+def _role(role: str) -> str:
+    return str(_ROLES.get(role, role))
+
+
+def _what(what: str) -> str:
+    """The object or action a refusal names, translated when it is one of the usual ones."""
+    return str(_WHAT.get(what, what))
+
+
+_ROLES = {"owner": gettext_lazy("owner"), "operator": gettext_lazy("operator"), "viewer": gettext_lazy("viewer")}
+_WHAT = {"VE": gettext_lazy("VE"), "tenant": gettext_lazy("tenant"), "job": gettext_lazy("job"),
+         "object": gettext_lazy("object"), "quota request": gettext_lazy("quota request"),
+         "suspension": gettext_lazy("suspension"), "this action": gettext_lazy("this action"),
+         "the staff area": gettext_lazy("the staff area"), "the node list": gettext_lazy("the node list"),
+         "the quota request queue": gettext_lazy("the quota request queue"),
+         "deciding quota requests": gettext_lazy("deciding quota requests"),
+         "setting quotas": gettext_lazy("setting quotas"), "creating tenants": gettext_lazy("creating tenants"),
+         "suspending tenants": gettext_lazy("suspending tenants"), "suspending VEs": gettext_lazy("suspending VEs"),
+         "lifting suspensions": gettext_lazy("lifting suspensions"), "managing plans": gettext_lazy("managing plans"),
+         "managing IP pools": gettext_lazy("managing IP pools"),
+         "managing OS templates": gettext_lazy("managing OS templates"),
+         "the plan list": gettext_lazy("the plan list"), "the IP pool list": gettext_lazy("the IP pool list"),
+         "the OS template list": gettext_lazy("the OS template list")}
 
 
 def require_staff(user, *, what: str = "this action", source: str = "") -> None:
     """Staff admins only (or the local admin on the command line)."""
     if not is_local_admin(user):
         audit_denial(user, None, "not-staff", {"what": what}, source)
-        raise Forbidden(f"{what} is for staff administrators only")
+        raise Forbidden(_("%(what)s is for staff administrators only") % {"what": _what(what)})
 
 
 def audit_denial(user, tenant, why: str, detail: dict, source: str = "") -> None:
@@ -98,7 +126,7 @@ def _get(user, qs, pk, what: str):
         exists = False
     if exists:
         audit_denial(user, None, "not-visible", {"what": what, "id": str(pk)[:64]})
-    raise NotFound(f"{what} not found") from None
+    raise NotFound(_("%(what)s not found") % {"what": _what(what)}) from None
 
 
 def ve_get(user, ve_id, *, min_role: str = Membership.Role.VIEWER) -> VE:

@@ -7,7 +7,7 @@ from django import forms
 from django.utils.translation import gettext_lazy as _
 
 from panel.models import OSTemplate
-from panel.services.validation import parse_size
+from panel.services.validation import human_size, parse_size
 
 
 class VECreateForm(forms.Form):
@@ -320,3 +320,135 @@ class TenantQuotaForm(ServiceErrorsMixin, forms.Form):
 
     def amounts(self) -> dict:
         return _filled_amounts(self)
+
+
+# --- staff: plans, IP pools, OS templates ----------------------------------------------------
+
+def _rate_text(bits: int) -> str:
+    """A bandwidth in bits/s as services.validation.parse_rate reads it back (100M)."""
+    for unit, factor in (("G", 10**9), ("M", 10**6), ("K", 10**3)):
+        if bits >= factor and bits % factor == 0:
+            return f"{bits // factor}{unit}"
+    return str(bits)
+
+
+class PlanForm(ServiceErrorsMixin, forms.Form):
+    """A plan's values as text (``plan_create``/``plan_update`` parse and check them). When
+    editing, ``plan`` fills in the current values and the name cannot change: billing
+    systems know a plan by its name."""
+
+    name = forms.CharField(label=_("Name"), max_length=63,
+                           help_text=_("Lower-case letters, digits and hyphens; billing systems use it."))
+    description = forms.CharField(label=_("Description"), max_length=200, required=False)
+    memory = forms.CharField(label=_("Memory"), max_length=20, help_text=_("For example 512M or 2G."))
+    swap = forms.CharField(label=_("Swap"), max_length=20, required=False, help_text=_("Blank: none."))
+    disk = forms.CharField(label=_("Disk"), max_length=20, help_text=_("For example 10G."))
+    cpuunits = forms.CharField(label=_("CPU weight (cpuunits)"), max_length=12, required=False,
+                               help_text=_("Blank: 1000."))
+    cpulimit = forms.CharField(label=_("CPU limit (percent of one core, 0 = none)"), max_length=12, required=False)
+    numproc = forms.CharField(label=_("Process limit (NPROC)"), max_length=12, required=False,
+                              help_text=_("Blank: 512."))
+    addresses = forms.CharField(label=_("Addresses per VE"), max_length=4, required=False,
+                                help_text=_("How many addresses a new VE on this plan gets. Blank: 1."))
+    bandwidth = forms.CharField(label=_("Bandwidth each way"), max_length=20, required=False,
+                                help_text=_("Bits per second, for example 100M; 0 or blank: unlimited."))
+    enabled = forms.BooleanField(label=_("Offered to customers"), required=False, initial=True)
+
+    VALUE_FIELDS = ("memory", "swap", "disk", "cpuunits", "cpulimit", "numproc", "addresses", "bandwidth")
+
+    def __init__(self, *args, plan=None, **kwargs):
+        if plan is not None:
+            kwargs.setdefault("initial", {
+                "description": plan.description, "memory": human_size(plan.memory), "swap": human_size(plan.swap),
+                "disk": human_size(plan.disk), "cpuunits": plan.cpuunits, "cpulimit": plan.cpulimit,
+                "numproc": plan.numproc, "addresses": plan.addresses, "bandwidth": _rate_text(plan.bandwidth),
+                "enabled": plan.enabled})
+        super().__init__(*args, **kwargs)
+        self.plan = plan
+        if plan is not None:
+            del self.fields["name"]
+
+    def values(self) -> dict:
+        """Keyword arguments for the plan services: the fields filled in, the description
+        (blank clears it) and whether the plan is offered."""
+        data = self.cleaned_data
+        out = {f: data[f].strip() for f in self.VALUE_FIELDS if data.get(f, "").strip()}
+        out["description"] = data.get("description", "")
+        out["enabled"] = bool(data.get("enabled"))
+        return out
+
+
+class PoolForm(ServiceErrorsMixin, forms.Form):
+    """An IP pool: name, network (CIDR), an optional range inside it and the nodes that serve
+    it (``pool_create``); editing (``pool``) changes the range and the nodes only."""
+
+    name = forms.CharField(label=_("Name"), max_length=63,
+                           help_text=_("Lower-case letters, digits and hyphens."))
+    network = forms.CharField(label=_("Network (CIDR)"), max_length=64,
+                              help_text=_("For example 198.18.0.0/24 or fd00:1::/64."))
+    range_start = forms.CharField(label=_("First address handed out"), max_length=45, required=False,
+                                  help_text=_("Blank: the first usable address of the network."))
+    range_end = forms.CharField(label=_("Last address handed out"), max_length=45, required=False,
+                                help_text=_("Blank: the last usable address of the network."))
+    nodes = forms.MultipleChoiceField(label=_("Nodes serving the pool"), required=False,
+                                      help_text=_("Their VEs take addresses from it; each gets the pool's "
+                                                  "unreachable route."))
+
+    def __init__(self, *args, pool=None, **kwargs):
+        from panel.models import Node
+
+        if pool is not None:
+            kwargs.setdefault("initial", {"range_start": pool.range_start or "", "range_end": pool.range_end or "",
+                                          "nodes": [n.name for n in pool.nodes.all()]})
+        super().__init__(*args, **kwargs)
+        self.pool = pool
+        self.node_objects = {n.name: n for n in Node.objects.order_by("name")}
+        self.fields["nodes"].choices = [(name, name) for name in self.node_objects]
+        if pool is not None:
+            del self.fields["name"], self.fields["network"]
+
+    def chosen_nodes(self) -> list:
+        return [self.node_objects[name] for name in self.cleaned_data.get("nodes", [])]
+
+
+class TemplateNodeForm(ServiceErrorsMixin, forms.Form):
+    """Build or remove an OS template on one node (``template_build``/``template_remove``)."""
+
+    name = forms.ChoiceField(label=_("OS template"))
+    node = forms.ChoiceField(label=_("Node"))
+
+    def __init__(self, *args, names=(), prefix=None, **kwargs):
+        from panel.models import Node
+
+        super().__init__(*args, prefix=prefix, **kwargs)
+        self.fields["name"].choices = [(n, n) for n in names]
+        self.node_objects = {n.name: n for n in Node.objects.order_by("name")}
+        self.fields["node"].choices = [(n, n) for n in self.node_objects]
+
+    def chosen_node(self):
+        return self.node_objects[self.cleaned_data["node"]]
+
+
+class VEExecForm(ServiceErrorsMixin, forms.Form):
+    """Run one command in a running VE (``ve_exec``). The line is split like a shell would
+    split words (quotes group), but no shell runs it: it becomes an argv list."""
+
+    command = forms.CharField(label=_("Command"), max_length=4096,
+                              help_text=_("One command with its arguments, e.g. ps -ef. No shell: use sh -c '…' "
+                                          "for pipes. Output is kept up to 64 KiB."))
+    timeout = forms.IntegerField(label=_("Timeout (seconds)"), min_value=1, max_value=3600, initial=60)
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("auto_id", "id_exec_%s")
+        super().__init__(*args, **kwargs)
+
+    def clean_command(self):
+        import shlex
+
+        try:
+            argv = shlex.split(self.cleaned_data["command"])
+        except ValueError as e:
+            raise forms.ValidationError(_("The command cannot be split into words: %(error)s") % {"error": e})
+        if not argv:
+            raise forms.ValidationError(_("Give a command to run."))
+        return argv

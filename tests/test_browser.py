@@ -230,3 +230,66 @@ def test_the_ve_list_and_a_ve_page_in_japanese(stack, node, live_server, browser
     expect(page.get_by_role("button", name="起動", exact=True)).to_be_visible()
     expect(page.get_by_role("heading", name="root パスワードを設定", exact=True)).to_be_visible()
     shot(page, "13-ve-ja")
+
+
+BROWSER_POOL = "198.19.250.0/24"  # this test's own pool: its unreachable route is removed at the end
+
+
+def test_staff_create_a_plan_and_an_ip_pool_for_the_node(stack, node, live_server, browser_page):
+    """The staff catalogue journey: a plan through its form, then an IP pool whose first
+    try has a bad network (the error shows next to the field), bound to the live node, whose
+    agent then installs the pool's unreachable route."""
+    import subprocess
+
+    from panel.models import IPPool, Job, Plan
+
+    expect = playwright.expect
+    member("sam", None, None, staff=True)
+    page = browser_page
+    try:
+        sign_in(page, live_server.url, "sam", path="/staff/plans/")
+        expect(page.get_by_text("No plan yet.")).to_be_visible()
+        page.get_by_role("button", name="New plan").click()  # a link styled as a button
+        page.get_by_label("Name", exact=True).fill("starter")
+        page.get_by_label("Description").fill("Small web server")
+        page.get_by_label("Memory").fill("512M")
+        page.get_by_label("Disk").fill("10G")
+        page.get_by_label("Bandwidth each way").fill("100M")
+        shot(page, "15-staff-plan-form")
+        page.get_by_role("button", name="Create the plan").click()
+        expect(page.get_by_text("Plan starter was created.")).to_be_visible()
+        expect(page.locator("#plan-starter")).to_contain_text("Small web server")
+        assert Plan.objects.get(name="starter").memory == 512 << 20
+
+        page.get_by_label("Staff area").get_by_role("link", name="IP pools").click()
+        page.get_by_role("button", name="New IP pool").click()
+        page.get_by_label("Name", exact=True).fill("edge")
+        page.get_by_label("Network (CIDR)").fill("198.19.250.1/24")  # host bits set: not a network
+        page.get_by_label("Nodes serving the pool").select_option(node.name)
+        page.get_by_role("button", name="Create the pool").click()
+        expect(page.locator("#id_network_error")).to_contain_text("is not a network in CIDR form")
+        assert not IPPool.objects.exists()
+        shot(page, "16-staff-pool-error")
+        page.get_by_label("Network (CIDR)").fill(BROWSER_POOL)
+        page.get_by_label("First address handed out").fill("198.19.250.10")
+        page.get_by_role("button", name="Create the pool").click()
+        expect(page.get_by_text("IP pool edge was created.")).to_be_visible()
+        expect(page.locator("#pool-edge")).to_contain_text(node.name)
+        shot(page, "17-staff-pools")
+        from tests.conftest import run
+
+        config = Job.objects.filter(kind="node_config", node=node).latest("created_at")
+        assert config.args["pools"] == [BROWSER_POOL] and config.actor.username == "sam"
+        run(config)
+        routes = subprocess.run(["ip", "route", "show", "type", "unreachable"], capture_output=True, text=True,
+                                timeout=30, check=True).stdout
+        assert BROWSER_POOL in routes, routes
+
+        page.get_by_label("Staff area").get_by_role("link", name="OS templates").click()
+        expect(page.locator("#template-busybox")).to_contain_text(node.name)
+        page.get_by_role("button", name="Stop offering busybox").click()
+        expect(page.get_by_text("OS template busybox is no longer offered for new VEs.")).to_be_visible()
+        expect(page.get_by_role("button", name="Offer busybox")).to_be_visible()
+        shot(page, "18-staff-templates")
+    finally:
+        subprocess.run(["ip", "route", "del", "unreachable", BROWSER_POOL], capture_output=True, timeout=30)

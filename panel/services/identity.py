@@ -11,6 +11,8 @@ import hashlib
 
 from passlib.hash import sha512_crypt as sha512_crypt_hasher
 
+from django.utils.translation import gettext as _
+
 from containers.messages import MessageError, check_password_hash, check_ssh_key, SSH_KEYS_MAX
 
 from .errors import InvalidInput
@@ -28,12 +30,12 @@ def sha512_crypt(password: str, salt: str | None = None, rounds: int = 5000) -> 
 
 def check_password(value) -> str:
     if not isinstance(value, str):
-        raise InvalidInput("root password must be text", field="root_password")
+        raise InvalidInput(_("root password must be text"), field="root_password")
     if not PASSWORD_MIN <= len(value) <= PASSWORD_MAX:
-        raise InvalidInput(f"root password must be {PASSWORD_MIN} to {PASSWORD_MAX} characters long",
-                           field="root_password")
+        raise InvalidInput(_("root password must be %(min)d to %(max)d characters long")
+                           % {"min": PASSWORD_MIN, "max": PASSWORD_MAX}, field="root_password")
     if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
-        raise InvalidInput("root password must not contain control characters (newline, tab, NUL)",
+        raise InvalidInput(_("root password must not contain control characters (newline, tab, NUL)"),
                            field="root_password")
     return value
 
@@ -43,22 +45,23 @@ def parse_ssh_keys(value) -> list[str]:
     if isinstance(value, str):
         value = [line for line in value.splitlines() if line.strip() and not line.lstrip().startswith("#")]
     if not isinstance(value, (list, tuple)) or not value:
-        raise InvalidInput("give SSH keys as OpenSSH public key lines", field="ssh_keys")
+        raise InvalidInput(_("give SSH keys as OpenSSH public key lines"), field="ssh_keys")
     if len(value) > SSH_KEYS_MAX:
-        raise InvalidInput(f"at most {SSH_KEYS_MAX} SSH keys", field="ssh_keys")
+        raise InvalidInput(_("at most %(max)d SSH keys") % {"max": SSH_KEYS_MAX}, field="ssh_keys")
     out = []
     for i, key in enumerate(value, 1):
         try:
             out.append(check_ssh_key(key))
         except MessageError as e:
-            raise InvalidInput(f"SSH key {i}: {e}", field="ssh_keys") from None
+            raise InvalidInput(_("SSH key %(number)d: %(error)s") % {"number": i, "error": e},
+                               field="ssh_keys") from None
     return out
 
 
 def identity_args(*, root_password=None, root_password_hash=None, ssh_keys=None) -> dict:
     """Validated job args for a create job's identity (none of them is required)."""
     if root_password is not None and root_password_hash is not None:
-        raise InvalidInput("give either a root password or its hash, not both", field="root_password")
+        raise InvalidInput(_("give either a root password or its hash, not both"), field="root_password")
     args = {}
     if root_password is not None:
         args["root_password_hash"] = sha512_crypt(check_password(root_password))

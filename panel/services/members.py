@@ -18,6 +18,7 @@ from django.db import transaction
 from django.urls import reverse
 from django.utils.encoding import force_bytes
 from django.utils.http import urlsafe_base64_encode
+from django.utils.translation import gettext as _
 
 from panel.access import require_role
 from panel.models import Membership, Tenant
@@ -38,7 +39,7 @@ def members_of(tenant: Tenant):
 
 def _check_role(role) -> str:
     if role not in ROLES:
-        raise InvalidInput(f"role must be one of {', '.join(ROLES)}", field="role")
+        raise InvalidInput(_("role must be one of %(roles)s") % {"roles": ", ".join(ROLES)}, field="role")
     return role
 
 
@@ -47,14 +48,14 @@ def _locked_member(tenant: Tenant, member_id) -> Membership:
     try:
         return Membership.objects.select_for_update().select_related("user").get(pk=int(member_id), tenant=tenant)
     except (Membership.DoesNotExist, ValueError, TypeError):
-        raise NotFound("member not found") from None
+        raise NotFound(_("member not found")) from None
 
 
 def _refuse_last_owner(tenant: Tenant, member: Membership, what: str) -> None:
     if member.role == Membership.Role.OWNER and \
             not Membership.objects.filter(tenant=tenant, role=Membership.Role.OWNER).exclude(pk=member.pk).exists():
-        raise Conflict(f"{member.user.username} is the last owner of {tenant.slug}: make another member owner "
-                       f"before you {what}", field="role", code="last-owner")
+        raise Conflict(_("%(user)s is the last owner of %(tenant)s: make another member owner first")
+                       % {"user": member.user.username, "tenant": tenant.slug}, field="role", code="last-owner")
 
 
 def member_role_set(*, tenant: Tenant, member_id, role: str, actor=None, source: str = "") -> Membership:
@@ -119,20 +120,21 @@ def _invite(*, tenant, email, role, actor, source, base_url, action="member.invi
             raise ValidationError("too long")
         validate_email(email)
     except ValidationError:
-        raise InvalidInput("enter a valid e-mail address", field="email") from None
+        raise InvalidInput(_("enter a valid e-mail address"), field="email") from None
     User = get_user_model()
     with transaction.atomic():
         Tenant.objects.select_for_update().get(pk=tenant.pk)
         users = list(User.objects.filter(email__iexact=email)[:2])
         if len(users) > 1:
-            raise Conflict("several accounts use this e-mail address: ask a staff administrator", field="email")
+            raise Conflict(_("several accounts use this e-mail address: ask a staff administrator"), field="email")
         created = not users
         if created:
             user = User.objects.create_user(_free_username(email), email)  # no password: unusable
         else:
             user = users[0]
             if Membership.objects.filter(tenant=tenant, user=user).exists():
-                raise Conflict(f"{email} is already a member of {tenant.slug}", field="email")
+                raise Conflict(_("%(email)s is already a member of %(tenant)s")
+                               % {"email": email, "tenant": tenant.slug}, field="email")
         member = Membership.objects.create(tenant=tenant, user=user, role=role)
         audit(action=action, actor=actor, tenant=tenant, obj=user, source=source,
               detail={"user": user.username, "email": email, "role": role, "new_account": created})
@@ -170,11 +172,11 @@ def tenant_create(*, slug: str, name: str, owner_email: str, actor=None, source:
 
     require_staff(actor, what="creating tenants", source=source)
     if not isinstance(slug, str) or not SLUG_RE.match(slug):
-        raise InvalidInput("slug: lower-case letters, digits and '-', at most 63", field="slug")
+        raise InvalidInput(_("slug: lower-case letters, digits and '-', at most 63"), field="slug")
     name = check_text(name, field="name", limit=200)
     with transaction.atomic():
         if Tenant.objects.filter(slug=slug).exists():
-            raise Conflict(f"tenant {slug} already exists", field="slug")
+            raise Conflict(_("tenant %(slug)s already exists") % {"slug": slug}, field="slug")
         tenant = Tenant.objects.create(slug=slug, name=name)
         audit(action="tenant.create", actor=actor, tenant=tenant, obj=tenant, source=source,
               detail={"slug": slug, "name": name, "owner": owner_email if isinstance(owner_email, str) else ""})

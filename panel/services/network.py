@@ -9,13 +9,14 @@ from __future__ import annotations
 import ipaddress
 
 from django.db import IntegrityError, transaction
+from django.utils.translation import gettext as _
 
 from containers import messages as m
-from panel.access import require_role
+from panel.access import require_role, require_staff
 from panel.models import VE, IPAddress, IPPool, Job, Membership, Node
 
 from .audit import audit
-from .errors import Conflict, InvalidInput, NotFound, Unavailable
+from .errors import Conflict, InvalidInput, NotFound, Unavailable, field_label
 from .jobs import job_create
 
 # Never scan more than this many candidates in one allocation (IPv6 pools are huge).
@@ -27,33 +28,130 @@ def _network(text) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     try:
         return ipaddress.ip_network(str(text).strip(), strict=True)
     except ValueError as e:
-        raise InvalidInput(f"{str(text)[:60]!r} is not a network in CIDR form: {e}", field="network") from None
+        raise InvalidInput(_("%(text)r is not a network in CIDR form: %(error)s")
+                           % {"text": str(text)[:60], "error": e}, field="network") from None
+
+
+def _range(net, range_start, range_end) -> tuple[str | None, str | None]:
+    """A pool's optional range, checked: both ends inside the network (not its network or
+    broadcast address), the start not after the end. Blank means the network's edge."""
+    bounds = []
+    for bound, field in ((range_start, "range_start"), (range_end, "range_end")):
+        if bound is None or (isinstance(bound, str) and not bound.strip()):
+            bounds.append(None)
+            continue
+        addr = _addr(bound, field=field)
+        if addr not in net:  # also an address of the other family
+            raise InvalidInput(_("%(field)s %(address)s is outside %(network)s")
+                               % {"field": field_label(field), "address": addr, "network": net}, field=field)
+        if net.version == 4 and net.num_addresses > 2 and addr in (net.network_address, net.broadcast_address):
+            raise InvalidInput(_("%(field)s %(address)s is the network or broadcast address of %(network)s")
+                               % {"field": field_label(field), "address": addr, "network": net}, field=field)
+        bounds.append(addr)
+    start, end = bounds
+    if start is not None and end is not None and start > end:
+        raise InvalidInput(_("the range must not end (%(end)s) before it starts (%(start)s)")
+                           % {"start": start, "end": end}, field="range_end")
+    return (str(start) if start is not None else None, str(end) if end is not None else None)
+
+
+def _nodes(nodes) -> list[Node]:
+    if not isinstance(nodes, (list, tuple, set)) or not all(isinstance(n, Node) for n in nodes):
+        raise InvalidInput(_("nodes must be a list of nodes"), field="nodes")
+    return sorted(set(nodes), key=lambda n: n.name)
 
 
 def pool_create(*, name: str, network: str, nodes: list[Node] = (), range_start: str | None = None,
                 range_end: str | None = None, actor=None, source: str = "") -> IPPool:
-    """Create a pool bound to ``nodes``; the nodes get its unreachable route at once."""
+    """Create a pool bound to ``nodes`` (staff); the nodes get its unreachable route at once.
+    Pools never overlap: an address belongs to one pool."""
+    require_staff(actor, what="managing IP pools", source=source)
     if not isinstance(name, str) or not m.NODE_NAME_RE.match(name):
-        raise InvalidInput("pool name must be lower-case letters, digits and '-'", field="name")
+        raise InvalidInput(_("pool name must be lower-case letters, digits and '-'"), field="name")
     net = _network(network)
     if net.num_addresses < 2 and net.version == 4:
-        raise InvalidInput("the pool is too small", field="network")
-    for bound, field in ((range_start, "range_start"), (range_end, "range_end")):
-        if bound is not None and _addr(bound) not in net:
-            raise InvalidInput(f"{field} {bound} is outside {net}", field=field)
+        raise InvalidInput(_("the pool is too small"), field="network")
+    range_start, range_end = _range(net, range_start, range_end)
+    nodes = _nodes(nodes)
     with transaction.atomic():
         for other in IPPool.objects.select_for_update():
             if _network(other.network).overlaps(net):
-                raise Conflict(f"{net} overlaps pool {other.name} ({other.network})", field="network")
+                raise Conflict(_("%(network)s overlaps pool %(name)s (%(other)s)")
+                               % {"network": net, "name": other.name, "other": other.network}, field="network")
         if IPPool.objects.filter(name=name).exists():
-            raise Conflict(f"pool {name} already exists", field="name")
+            raise Conflict(_("pool %(name)s already exists") % {"name": name}, field="name")
         pool = IPPool.objects.create(name=name, network=str(net), range_start=range_start, range_end=range_end)
         pool.nodes.set(nodes)
         audit(action="pool.create", actor=actor, obj=pool, source=source,
-              detail={"network": str(net), "nodes": [n.name for n in nodes]})
+              detail={"network": str(net), "nodes": [n.name for n in nodes], "range_start": range_start,
+                      "range_end": range_end})
         for node in nodes:
             node_push_config(node=node, actor=actor)
     return pool
+
+
+_KEEP = object()
+
+
+def pool_update(*, pool: IPPool, range_start=_KEEP, range_end=_KEEP, nodes=None, actor=None,
+                source: str = "") -> IPPool:
+    """Change a pool's range or the nodes that serve it (staff). The network stays (a pool
+    with another network is another pool). Every address already allocated must stay in
+    the new range, and a node keeps a pool while its VEs hold addresses from it. Nodes that
+    gain or lose the pool get their configuration (the unreachable routes) again."""
+    require_staff(actor, what="managing IP pools", source=source)
+    with transaction.atomic():
+        locked = IPPool.objects.select_for_update().filter(pk=pool.pk).first()
+        if locked is None:
+            raise NotFound(_("pool %(name)r does not exist") % {"name": pool.name})
+        net = _network(locked.network)
+        start, end = _range(net, locked.range_start if range_start is _KEEP else range_start,
+                            locked.range_end if range_end is _KEEP else range_end)
+        lo = ipaddress.ip_address(start) if start else None
+        hi = ipaddress.ip_address(end) if end else None
+        for text in IPAddress.objects.filter(pool=locked).values_list("address", flat=True):
+            addr = ipaddress.ip_address(text)
+            if (lo is not None and addr < lo) or (hi is not None and addr > hi):
+                raise Conflict(_("%(address)s is allocated to a VE and would be outside the new range")
+                               % {"address": addr}, field="range_start" if lo is not None and addr < lo
+                               else "range_end", code="address-in-use")
+        before = set(locked.nodes.all())
+        after = before if nodes is None else set(_nodes(nodes))
+        for node in sorted(before - after, key=lambda n: n.name):
+            if IPAddress.objects.filter(pool=locked, ve__node=node).exists():
+                raise Conflict(_("VEs on node %(node)s hold addresses from pool %(name)s: it must keep serving it")
+                               % {"node": node.name, "name": locked.name}, field="nodes", code="address-in-use")
+        previous = {"range_start": locked.range_start, "range_end": locked.range_end,
+                    "nodes": sorted(n.name for n in before)}
+        locked.range_start, locked.range_end = start, end
+        locked.save(update_fields=["range_start", "range_end"])
+        locked.nodes.set(after)
+        audit(action="pool.update", actor=actor, obj=locked, source=source, detail={
+            "name": locked.name, "previous": previous,
+            "changes": {"range_start": start, "range_end": end, "nodes": sorted(n.name for n in after)}})
+        for node in sorted(before ^ after, key=lambda n: n.name):
+            node_push_config(node=node, actor=actor)
+    return locked
+
+
+def pool_delete(*, pool: IPPool, actor=None, source: str = "") -> None:
+    """Delete a pool from which no address is allocated (staff); its nodes get their
+    configuration again without it."""
+    require_staff(actor, what="managing IP pools", source=source)
+    with transaction.atomic():
+        locked = IPPool.objects.select_for_update().filter(pk=pool.pk).first()
+        if locked is None:
+            raise NotFound(_("pool %(name)r does not exist") % {"name": pool.name})
+        used = IPAddress.objects.filter(pool=locked).count()
+        if used:
+            raise Conflict(_("pool %(name)s still has allocated addresses (%(count)d): remove them from their "
+                             "VEs first") % {"name": locked.name, "count": used}, code="address-in-use")
+        nodes = sorted(locked.nodes.all(), key=lambda n: n.name)
+        audit(action="pool.delete", actor=actor, obj=locked, source=source, detail={
+            "name": locked.name, "network": locked.network, "nodes": [n.name for n in nodes]})
+        locked.delete()
+        for node in nodes:
+            node_push_config(node=node, actor=actor)
 
 
 def node_push_config(*, node: Node, actor=None) -> Job:
@@ -62,11 +160,11 @@ def node_push_config(*, node: Node, actor=None) -> Job:
     return job_create(kind="node_config", node=node, ve=None, actor=actor, args={"pools": pools}, mutating=False)
 
 
-def _addr(text):
+def _addr(text, *, field: str = "addresses"):
     try:
         return ipaddress.ip_address(str(text).strip())
     except ValueError:
-        raise InvalidInput(f"{str(text)[:60]!r} is not an IP address", field="addresses") from None
+        raise InvalidInput(_("%(text)r is not an IP address") % {"text": str(text)[:60]}, field=field) from None
 
 
 def _candidates(pool: IPPool):
@@ -108,18 +206,21 @@ def allocate(*, ve: VE, node: Node, addresses: list[str] | None, count: int | No
                         if not need:
                             break
             if need:
-                raise Unavailable(f"IPv{version} pool {family[0].name} on node {node.name} is exhausted: "
-                                  "no address is free. Ask an administrator to extend it.", code="pool-exhausted")
+                raise Unavailable(_("IPv%(version)d pool %(pool)s on node %(node)s is exhausted: no address is "
+                                    "free. Ask an administrator to extend it.")
+                                  % {"version": version, "pool": family[0].name, "node": node.name},
+                                  code="pool-exhausted")
         return chosen
     if not isinstance(addresses, (list, tuple)) or len(addresses) > 64:
-        raise InvalidInput("addresses must be a list of at most 64 addresses", field="addresses")
+        raise InvalidInput(_("addresses must be a list of at most 64 addresses"), field="addresses")
     for text in addresses:
         addr = _addr(text)
         pool = next((p for p in pools if addr in ipaddress.ip_network(p.network)), None)
         if pool is None or str(addr) not in set(_candidates(pool)):
-            raise InvalidInput(f"{addr} is not in a pool of node {node.name}", field="addresses")
+            raise InvalidInput(_("%(address)s is not in a pool of node %(node)s")
+                               % {"address": addr, "node": node.name}, field="addresses")
         if str(addr) in chosen:
-            raise InvalidInput(f"{addr} is given twice", field="addresses")
+            raise InvalidInput(_("%(address)s is given twice") % {"address": addr}, field="addresses")
         _reserve(str(addr), pool, ve)
         chosen.append(str(addr))
     return chosen
@@ -130,7 +231,8 @@ def _reserve(address: str, pool: IPPool, ve: VE) -> None:
         with transaction.atomic():
             IPAddress.objects.create(address=address, pool=pool, ve=ve)
     except IntegrityError:
-        raise Conflict(f"{address} is already in use", code="address-in-use", field="addresses") from None
+        raise Conflict(_("%(address)s is already in use") % {"address": address}, code="address-in-use",
+                       field="addresses") from None
 
 
 def release(ve: VE, addresses: list[str] | None = None) -> int:
@@ -149,17 +251,18 @@ def ve_ipadd(*, ve: VE, addresses: list[str] | None = None, actor=None, source: 
 
     require_role(actor, ve.tenant, Membership.Role.OPERATOR, what="VE", source=source)
     with transaction.atomic(), quota_guard(ve.tenant):
-        locked = VE.objects.select_for_update().select_related("node", "tenant", "template").get(pk=ve.pk)
+        locked = VE.objects.select_for_update(of=("self",)).select_related("node", "tenant", "template").get(pk=ve.pk)
         if locked.state == VE.State.DESTROYED:
-            raise NotFound(f"VE {ve.veid} does not exist")
+            raise NotFound(_("VE %(veid)s does not exist") % {"veid": ve.veid})
         if addresses is not None:
             canon = [str(_addr(a)) for a in addresses]
             dup = [a for a in canon if a in locked.addresses]
             if dup:
-                raise InvalidInput(f"{dup[0]} is already assigned to VE {locked.veid}", field="addresses")
+                raise InvalidInput(_("%(address)s is already assigned to VE %(veid)s")
+                                   % {"address": dup[0], "veid": locked.veid}, field="addresses")
         added = allocate(ve=locked, node=locked.node, addresses=addresses)
         if not added:
-            raise InvalidInput("the node has no pool to take an address from", field="addresses")
+            raise InvalidInput(_("the node has no pool to take an address from"), field="addresses")
         return _address_job(locked, list(locked.addresses) + added, actor, source, "ve.ipadd",
                             {"reserved": added})
 
@@ -168,16 +271,17 @@ def ve_ipdel(*, ve: VE, addresses: list[str], actor=None, source: str = "") -> J
     """Remove addresses from a VE, live if it runs (``vzctl set --ipdel``); ``all`` removes all."""
     require_role(actor, ve.tenant, Membership.Role.OPERATOR, what="VE", source=source)
     with transaction.atomic():
-        locked = VE.objects.select_for_update().select_related("node", "tenant", "template").get(pk=ve.pk)
+        locked = VE.objects.select_for_update(of=("self",)).select_related("node", "tenant", "template").get(pk=ve.pk)
         if addresses == ["all"]:
             gone = list(locked.addresses)
         else:
             gone = [str(_addr(a)) for a in addresses]
             missing = [a for a in gone if a not in locked.addresses]
             if missing:
-                raise InvalidInput(f"{missing[0]} is not an address of VE {locked.veid}", field="addresses")
+                raise InvalidInput(_("%(address)s is not an address of VE %(veid)s")
+                                   % {"address": missing[0], "veid": locked.veid}, field="addresses")
         if not gone:
-            raise InvalidInput("no address to remove", field="addresses")
+            raise InvalidInput(_("no address to remove"), field="addresses")
         return _address_job(locked, [a for a in locked.addresses if a not in gone], actor, source,
                             "ve.ipdel", {"released": gone})
 

@@ -24,12 +24,14 @@ from django.core.mail import send_mail
 from django.db import transaction
 from django.db.models import Count, F, Sum
 from django.utils import timezone
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 
 from panel.access import audit_denial, require_role, require_staff
 from panel.models import VE, DomainEvent, IPAddress, Job, Membership, QuotaRequest, Tenant, TenantQuota
 
 from .audit import audit
-from .errors import Conflict, Forbidden, InvalidInput, QuotaExceeded
+from .errors import Conflict, Forbidden, InvalidInput, QuotaExceeded, field_label
 from .validation import _SIZE_RE, _UNITS, human_size
 
 log = logging.getLogger("hako.quotas")
@@ -49,6 +51,25 @@ BOUNDS = {
 LABELS = {"max_ves": "VEs", "memory": "memory", "disk": "disk", "cpuunits": "CPU units",
           "addresses": "addresses", "backups": "backups"}
 REASON_MAX = 2000
+# LABELS stay English for mail and the command line; messages to a person use these.
+LABELS_SHOWN = {"max_ves": gettext_lazy("VEs"), "memory": gettext_lazy("memory"), "disk": gettext_lazy("disk"),
+                "cpuunits": gettext_lazy("CPU units"), "addresses": gettext_lazy("addresses"),
+                "backups": gettext_lazy("backups")}
+
+
+def _quota_label(field: str) -> str:
+    return str(LABELS_SHOWN.get(field, field))
+
+
+def _state(state: str) -> str:
+    """A quota request's state as a message names it."""
+    return str({"approved": gettext_lazy("approved"), "denied": gettext_lazy("denied"),
+                "superseded": gettext_lazy("superseded"), "pending": gettext_lazy("pending")}.get(state, state))
+
+
+def _show(field: str, value) -> str:
+    """``show`` for a message: "unlimited" translated."""
+    return _("unlimited") if value is None else show(field, value)
 
 
 # --- amounts -----------------------------------------------------------------------------
@@ -65,13 +86,14 @@ def parse_amount(field: str, raw, *, allow_unlimited: bool = False, allow_zero: 
     (or "unlimited") for no limit where allowed. Negative, fractional, non-numeric and
     absurdly large values are refused with a message naming the field."""
     if field not in FIELDS:
-        raise InvalidInput(f"unknown quota {str(field)[:32]!r}; known: {', '.join(FIELDS)}", field="amounts")
+        raise InvalidInput(_("unknown quota %(name)r; known: %(known)s") % {"name": str(field)[:32],
+                           "known": ", ".join(FIELDS)}, field="amounts")
     if raw is None or (isinstance(raw, str) and raw.strip().lower() == "unlimited"):
         if allow_unlimited:
             return None
-        raise InvalidInput(f"{field}: give a number", field=field)
+        raise InvalidInput(_("%(field)s: give a number") % {"field": _quota_label(field)}, field=field)
     if isinstance(raw, bool) or not isinstance(raw, (int, str)):
-        raise InvalidInput(f"{field}: expected a whole number", field=field)
+        raise InvalidInput(_("%(field)s: expected a whole number") % {"field": _quota_label(field)}, field=field)
     if isinstance(raw, int):
         n = raw
     else:
@@ -82,20 +104,23 @@ def parse_amount(field: str, raw, *, allow_unlimited: bool = False, allow_zero: 
         elif text.isascii() and text.isdigit() and len(text) <= 20:
             n = int(text)
         else:
-            what = "a size like 8G" if field in SIZE_FIELDS else "a whole number"
-            raise InvalidInput(f"{field}: {text[:40]!r} is not {what}", field=field)
+            what = _("%(field)s: %(text)r is not a size like 8G") if field in SIZE_FIELDS else \
+                _("%(field)s: %(text)r is not a whole number")
+            raise InvalidInput(what % {"field": _quota_label(field), "text": text[:40]}, field=field)
     lowest = 0 if allow_zero else 1
     if not lowest <= n <= BOUNDS[field]:
-        raise InvalidInput(f"{field} must be between {show(field, lowest)} and {show(field, BOUNDS[field])}",
+        raise InvalidInput(_("%(field)s must be between %(low)s and %(high)s")
+                           % {"field": _quota_label(field), "low": show(field, lowest),
+                              "high": show(field, BOUNDS[field])},
                            field=field)
     return n
 
 
 def _amounts(raw, *, allow_unlimited: bool, allow_zero: bool) -> dict:
     if not isinstance(raw, dict) or not raw:
-        raise InvalidInput("give at least one quota and its amount", field="amounts")
+        raise InvalidInput(_("give at least one quota and its amount"), field="amounts")
     if len(raw) > len(FIELDS):
-        raise InvalidInput("too many quotas", field="amounts")
+        raise InvalidInput(_("too many quotas"), field="amounts")
     return {f: parse_amount(f, v, allow_unlimited=allow_unlimited, allow_zero=allow_zero)
             for f, v in raw.items()}
 
@@ -105,15 +130,17 @@ def check_text(value, *, field: str, limit: int, required: bool = True, multilin
     if value is None:
         value = ""
     if not isinstance(value, str):
-        raise InvalidInput(f"{field} must be text", field=field)
+        raise InvalidInput(_("%(field)s must be text") % {"field": field_label(field)}, field=field)
     value = value.strip()
     if required and not value:
-        raise InvalidInput(f"give a {field}", field=field)
+        raise InvalidInput(_("give a %(field)s") % {"field": field_label(field)}, field=field)
     if len(value) > limit:
-        raise InvalidInput(f"{field} must be at most {limit} characters", field=field)
+        raise InvalidInput(_("%(field)s must be at most %(limit)d characters") % {"field": field_label(field),
+                                                                                  "limit": limit}, field=field)
     allowed = "\n" if multiline else ""
     if any((ord(c) < 32 and c not in allowed) or 127 <= ord(c) < 160 or c in "\u2028\u2029" for c in value):
-        raise InvalidInput(f"{field} must not contain control characters", field=field)
+        raise InvalidInput(_("%(field)s must not contain control characters") % {"field": field_label(field)},
+                           field=field)
     return value
 
 
@@ -131,20 +158,33 @@ def quota_lock(tenant: Tenant) -> TenantQuota:
 
 def tenant_usage(tenant: Tenant) -> dict:
     """What a tenant uses now, by quota field (reserved sizes of pending resizes included)."""
-    live = VE.objects.filter(tenant=tenant).exclude(state=VE.State.DESTROYED)
-    agg = live.aggregate(n=Count("id"), memory=Sum("memory"), disk=Sum("disk"), cpuunits=Sum("cpuunits"))
-    usage = {"max_ves": agg["n"] or 0, "memory": agg["memory"] or 0, "disk": agg["disk"] or 0,
-             "cpuunits": agg["cpuunits"] or 0}
+    return tenants_usage([tenant])[tenant.pk]
+
+
+def tenants_usage(tenants) -> dict:
+    """``tenant_usage`` of many tenants at once, by tenant id, in a fixed number of queries
+    (one more when resizes are pending), so that a page of tenants costs the same whatever
+    its length."""
+    ids = [t.pk for t in tenants]
+    usage = {pk: {"max_ves": 0, "memory": 0, "disk": 0, "cpuunits": 0, "addresses": 0,
+                  "backups": 0}  # backups come with their own issue
+             for pk in ids}
+    live = VE.objects.filter(tenant_id__in=ids).exclude(state=VE.State.DESTROYED)
+    for agg in live.order_by().values("tenant_id").annotate(
+            n=Count("id"), memory=Sum("memory"), disk=Sum("disk"), cpuunits=Sum("cpuunits")):
+        usage[agg["tenant_id"]].update(max_ves=agg["n"], memory=agg["memory"] or 0, disk=agg["disk"] or 0,
+                                       cpuunits=agg["cpuunits"] or 0)
     pending = {j.ve_id: j.args.get("changes", {}) for j in Job.objects.filter(
-        tenant=tenant, kind="set", state__in=Job.ACTIVE, ve__isnull=False).only("ve_id", "args")}
+        tenant_id__in=ids, kind="set", state__in=Job.ACTIVE, ve__isnull=False).only("ve_id", "args")}
     if pending:
-        for ve in live.filter(pk__in=pending).only("id", "memory", "disk", "cpuunits"):
+        for ve in live.filter(pk__in=pending).only("id", "tenant_id", "memory", "disk", "cpuunits"):
             for field in ("memory", "disk", "cpuunits"):
                 wanted = pending[ve.pk].get(field)
                 if type(wanted) is int and wanted > getattr(ve, field):
-                    usage[field] += wanted - getattr(ve, field)
-    usage["addresses"] = IPAddress.objects.filter(ve__tenant=tenant).exclude(ve__state=VE.State.DESTROYED).count()
-    usage["backups"] = 0  # backups come with their own issue
+                    usage[ve.tenant_id][field] += wanted - getattr(ve, field)
+    for agg in IPAddress.objects.filter(ve__tenant_id__in=ids).exclude(ve__state=VE.State.DESTROYED).order_by() \
+            .values("ve__tenant_id").annotate(n=Count("id")):
+        usage[agg["ve__tenant_id"]]["addresses"] = agg["n"]
     return usage
 
 
@@ -165,23 +205,35 @@ def quota_guard(tenant: Tenant):
     for field in FIELDS:
         limit = getattr(quota, field)
         if limit is not None and after[field] > before[field] and after[field] > limit:
-            over.append(f"{LABELS[field]} would be {show(field, after[field])} of {show(field, limit)} "
-                        f"(in use {show(field, before[field])})")
+            over.append(_("%(quota)s would be %(after)s of %(limit)s (in use %(before)s)") % {
+                "quota": _quota_label(field), "after": show(field, after[field]), "limit": show(field, limit),
+                "before": show(field, before[field])})
     if over:
-        raise QuotaExceeded(f"quota exceeded for tenant {tenant.slug}: {'; '.join(over)}. "
-                            "Ask for more with a quota request.", field="quota")
+        raise QuotaExceeded(_("quota exceeded for tenant %(tenant)s: %(over)s. Ask for more with a quota request.")
+                            % {"tenant": tenant.slug, "over": "; ".join(over)}, field="quota")
 
 
 def quota_overview(tenant: Tenant) -> list[dict]:
     """Use against each limit, for the tenant dashboard: one dict per quota with ``used``,
     ``limit`` (None = unlimited), ``available`` and ``percent``, plus readable strings."""
-    quota = TenantQuota.objects.filter(tenant=tenant).first() or TenantQuota(tenant=tenant)
-    usage = tenant_usage(tenant)
+    return quota_overviews([tenant])[tenant.pk]
+
+
+def quota_overviews(tenants) -> dict:
+    """``quota_overview`` of many tenants, by tenant id, in a fixed number of queries (the
+    staff tenant list)."""
+    tenants = list(tenants)
+    limits = {q.tenant_id: q for q in TenantQuota.objects.filter(tenant_id__in=[t.pk for t in tenants])}
+    usage = tenants_usage(tenants)
+    return {t.pk: _overview(limits.get(t.pk) or TenantQuota(tenant=t), usage[t.pk]) for t in tenants}
+
+
+def _overview(quota: TenantQuota, usage: dict) -> list[dict]:
     out = []
     for field in FIELDS:
         limit, used = getattr(quota, field), usage[field]
         out.append({
-            "name": field, "label": LABELS[field], "used": used, "limit": limit,
+            "name": field, "label": _quota_label(field), "used": used, "limit": limit,
             "available": None if limit is None else max(0, limit - used),
             "percent": None if not limit else min(100, round(100 * used / limit)),
             "used_text": show(field, used), "limit_text": show(field, limit),
@@ -221,10 +273,11 @@ def quota_request_create(*, tenant: Tenant, actor, amounts: dict, reason: str, s
         for field, value in wanted.items():
             current = getattr(quota, field)
             if current is None:
-                raise InvalidInput(f"{LABELS[field]} are already unlimited for {tenant.slug}", field=field)
+                raise InvalidInput(_("%(quota)s are already unlimited for %(tenant)s")
+                                   % {"quota": _quota_label(field), "tenant": tenant.slug}, field=field)
             if value <= current:
-                raise InvalidInput(f"{LABELS[field]}: ask for more than the current {show(field, current)}",
-                                   field=field)
+                raise InvalidInput(_("%(quota)s: ask for more than the current %(current)s")
+                                   % {"quota": _quota_label(field), "current": show(field, current)}, field=field)
         superseded = list(QuotaRequest.objects.select_for_update().filter(
             tenant=tenant, state=QuotaRequest.State.PENDING).values_list("pk", flat=True))
         for pk in superseded:
@@ -246,12 +299,12 @@ def _decidable(request: QuotaRequest, actor, version: int | None) -> QuotaReques
     """Lock the request and check it can still be decided by ``actor``."""
     req = QuotaRequest.objects.select_for_update(of=("self",)).select_related("tenant", "requester").get(pk=request.pk)
     if req.state != QuotaRequest.State.PENDING:
-        by = f" by {req.decided_by_label}" if req.decided_by_label else ""
-        when = f" at {req.decided_at:%Y-%m-%d %H:%M} UTC" if req.decided_at else ""
-        raise Conflict(f"this quota request is already {req.state}{by}{when}; nothing was changed",
-                       code="already-decided")
+        by = _(" by %(who)s") % {"who": req.decided_by_label} if req.decided_by_label else ""
+        when = _(" at %(when)s UTC") % {"when": f"{req.decided_at:%Y-%m-%d %H:%M}"} if req.decided_at else ""
+        raise Conflict(_("this quota request is already %(state)s%(by)s%(when)s; nothing was changed")
+                       % {"state": _state(req.state), "by": by, "when": when}, code="already-decided")
     if version is not None and version != req.version:
-        raise Conflict("this quota request changed since you loaded it; reload and decide again",
+        raise Conflict(_("this quota request changed since you loaded it; reload and decide again"),
                        code="stale")
     return req
 
@@ -262,7 +315,7 @@ def _refuse_own(request: QuotaRequest, actor, source: str) -> None:
     requester = QuotaRequest.objects.filter(pk=request.pk).values_list("requester_id", flat=True).first()
     if actor is not None and requester is not None and requester == getattr(actor, "pk", None):
         audit_denial(actor, request.tenant, "own-request", {"request": str(request.pk)}, source)
-        raise Forbidden("you cannot decide your own quota request: another administrator must", field="request")
+        raise Forbidden(_("you cannot decide your own quota request: another administrator must"), field="request")
 
 
 def quota_request_approve(*, request: QuotaRequest, actor, amounts: dict | None = None, reason: str = "",
@@ -285,9 +338,10 @@ def quota_request_approve(*, request: QuotaRequest, actor, amounts: dict | None 
         quota = quota_lock(req.tenant)
         if granted is None:
             if quota.version != req.quota_version:
-                now = ", ".join(f"{LABELS[f]} now {show(f, getattr(quota, f))}" for f in req.amounts)
-                raise Conflict(f"the tenant's limits changed since this request was made ({now}); "
-                               "approve it with explicit amounts or deny it", code="stale")
+                now = ", ".join(_("%(quota)s now %(limit)s")
+                                % {"quota": _quota_label(f), "limit": _show(f, getattr(quota, f))} for f in req.amounts)
+                raise Conflict(_("the tenant's limits changed since this request was made (%(now)s); approve it with "
+                                 "explicit amounts or deny it") % {"now": now}, code="stale")
             granted = dict(req.amounts)
         previous = {f: getattr(quota, f) for f in granted}
         for field, value in granted.items():

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import re
 
+from django.utils.translation import gettext as _
+
 from containers.messages import HOSTNAME_RE, LIMIT_FLOORS, LIMITS, MiB, limit_ok
 
-from .errors import InvalidInput
+from .errors import InvalidInput, field_label
 
-_SIZE_RE = re.compile(r"^(\d{1,16})([KMGTP]?)B?$", re.IGNORECASE)
+# ASCII digits only: \d would take other scripts' digits ("１G"), which int() reads.
+_SIZE_RE = re.compile(r"^([0-9]{1,16})([KMGTP]?)B?$", re.IGNORECASE)
 _UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4, "P": 1024**5}
 
 
@@ -27,28 +30,29 @@ def human_size(n: int | None) -> str:
 def parse_size(value, *, field: str, default_unit: str = "") -> int:
     """Parse ``512M``, ``1G`` or a bare number (in ``default_unit``) into bytes."""
     if isinstance(value, bool):
-        raise InvalidInput(f"{field}: expected a size like 512M or 2G", field=field)
+        raise InvalidInput(_("%(field)s: expected a size like 512M or 2G") % {"field": field_label(field)}, field=field)
     if isinstance(value, int):
         n = value
     else:
         text = str(value).strip()
         m = _SIZE_RE.match(text)
         if not m:
-            raise InvalidInput(f"{field}: {text[:40]!r} is not a size (use a number with K, M, G or T)",
-                               field=field)
+            raise InvalidInput(_("%(field)s: %(text)r is not a size (use a number with K, M, G or T)")
+                               % {"field": field_label(field), "text": text[:40]}, field=field)
         n = int(m.group(1)) * _UNITS[(m.group(2) or default_unit).upper()]
     return check_range(n, field=field)
 
 
 def parse_int(value, *, field: str) -> int:
     if isinstance(value, bool):
-        raise InvalidInput(f"{field}: expected a whole number", field=field)
+        raise InvalidInput(_("%(field)s: expected a whole number") % {"field": field_label(field)}, field=field)
     if isinstance(value, int):
         n = value
     else:
         text = str(value).strip()
-        if not re.fullmatch(r"\d{1,12}", text):
-            raise InvalidInput(f"{field}: {text[:40]!r} is not a whole number", field=field)
+        if not re.fullmatch(r"[0-9]{1,12}", text):
+            raise InvalidInput(_("%(field)s: %(text)r is not a whole number")
+                               % {"field": field_label(field), "text": text[:40]}, field=field)
         n = int(text)
     return check_range(n, field=field)
 
@@ -57,15 +61,17 @@ def check_range(n: int, *, field: str) -> int:
     lo, hi = LIMITS[field]
     if not limit_ok(field, n):
         if field in ("memory", "swap", "disk"):
-            raise InvalidInput(f"{field} must be between {human_size(lo) if lo else 0} and {human_size(hi)}",
-                               field=field)
+            raise InvalidInput(_("%(field)s must be between %(low)s and %(high)s")
+                               % {"field": field_label(field), "low": human_size(lo) if lo else 0,
+                                  "high": human_size(hi)}, field=field)
         if field == "iolimit":
-            raise InvalidInput(f"iolimit must be 0 (no limit) or between {human_size(LIMIT_FLOORS[field])} "
-                               f"and {human_size(hi)} per second", field=field)
+            raise InvalidInput(_("iolimit must be 0 (no limit) or between %(low)s and %(high)s per second")
+                               % {"low": human_size(LIMIT_FLOORS[field]), "high": human_size(hi)}, field=field)
         if field in LIMIT_FLOORS:
-            raise InvalidInput(f"{field} must be 0 (no limit) or between {LIMIT_FLOORS[field]} and {hi}",
-                               field=field)
-        raise InvalidInput(f"{field} must be between {lo} and {hi}", field=field)
+            raise InvalidInput(_("%(field)s must be 0 (no limit) or between %(low)s and %(high)s")
+                               % {"field": field_label(field), "low": LIMIT_FLOORS[field], "high": hi}, field=field)
+        raise InvalidInput(_("%(field)s must be between %(low)s and %(high)s")
+                           % {"field": field_label(field), "low": lo, "high": hi}, field=field)
     return n
 
 
@@ -79,23 +85,24 @@ def parse_limit(value, *, field: str) -> int:
     return parse_int(value, field=field)
 
 
-_RATE_RE = re.compile(r"^(\d{1,12})([KMG]?)(bit|bps|b)?$", re.IGNORECASE)
+_RATE_RE = re.compile(r"^([0-9]{1,12})([KMG]?)(bit|bps|b)?$", re.IGNORECASE)
 
 
 def parse_rate(value, *, field: str) -> int:
     """A bandwidth in bits/s: ``100M`` is 100 Mbit/s (decimal units, as tc counts), 0 = none."""
     if isinstance(value, bool):
-        raise InvalidInput(f"{field}: expected a rate like 100M", field=field)
+        raise InvalidInput(_("%(field)s: expected a rate like 100M") % {"field": field_label(field)}, field=field)
     if isinstance(value, int):
         n = value
     else:
         m = _RATE_RE.match(str(value).strip())
         if not m:
-            raise InvalidInput(f"{field}: {str(value)[:40]!r} is not a rate (use e.g. 100M for 100 Mbit/s)",
-                               field=field)
+            raise InvalidInput(_("%(field)s: %(text)r is not a rate (use e.g. 100M for 100 Mbit/s)")
+                               % {"field": field_label(field), "text": str(value)[:40]}, field=field)
         n = int(m.group(1)) * {"": 1, "K": 10**3, "M": 10**6, "G": 10**9}[m.group(2).upper()]
     if not 0 <= n <= 100 * 10**9 or 0 < n < 8000:
-        raise InvalidInput(f"{field} must be 0 (unlimited) or between 8K and 100G bit/s", field=field)
+        raise InvalidInput(_("%(field)s must be 0 (unlimited) or between 8K and 100G bit/s")
+                           % {"field": field_label(field)}, field=field)
     return n
 
 
@@ -103,8 +110,8 @@ def check_hostname(value) -> str:
     if not isinstance(value, str) or not HOSTNAME_RE.match(value):
         shown = value[:60] if isinstance(value, str) else type(value).__name__
         raise InvalidInput(
-            f"hostname {shown!r} is not valid: use letters, digits, hyphens and dots "
-            "(RFC 1123), at most 253 characters", field="hostname")
+            _("hostname %(name)r is not valid: use letters, digits, hyphens and dots (RFC 1123), at most 253 "
+              "characters") % {"name": shown}, field="hostname")
     return value.lower()
 
 

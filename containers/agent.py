@@ -34,6 +34,7 @@ from celery.signals import worker_ready, worker_shutdown
 
 from . import messages as m
 from .config import AgentConfig
+from .migrate import Migrations
 from .runtime import Runtime, RuntimeError_
 from .templates import TemplateError, ensure_builtin, list_templates
 from . import tuning
@@ -59,6 +60,8 @@ class Agent:
         self._stop = threading.Event()
         self.node_info: dict = {}  # what prepare_host did (tuning), for the heartbeat
         self._shaped: dict[int, int] = {}
+        self._unsent_peaks: dict[int, int] = {}  # memory peaks read for a heartbeat not yet sent
+        self.migrations = Migrations(cfg, self.runtime, self.fault)
 
     # --- outbound ----------------------------------------------------------------------
     def send(self, task: str, body: dict) -> None:
@@ -87,14 +90,35 @@ class Agent:
 
     def heartbeat(self) -> None:
         self.hb_seq += 1
+        inventory = self.runtime.inventory()
+        self.attach_usage(inventory)
         body = m.heartbeat_body(
             node=self.cfg.node, instance=self.instance, seq=self.hb_seq, capacity=self.capacity(),
-            inventory=self.runtime.inventory(),
+            inventory=inventory,
             info={"templates": list_templates(self.cfg.templates), "started_at": self.started_at,
                   "hostname": socket.gethostname(), "kernel": os.uname().release,
-                  "pool": self.runtime.pool.info(), **self.node_info},
+                  "pool": self.runtime.pool.info(), "address": self.cfg.address, **self.node_info},
         )
         self.send(m.TASK_PANEL_HEARTBEAT, body)
+        # Sent: the peaks read (and reset in the kernel) for it have reached the broker.
+        self._unsent_peaks.clear()
+
+    def attach_usage(self, inventory: list) -> None:
+        """Add each running VE's CPU and memory sample (``usage``) to the heartbeat's
+        inventory for usage metering, resetting the kernel's memory high-water mark.
+
+        A peak read for a heartbeat that then fails to go out is kept and folded into the
+        next sample: the reset must not lose it."""
+        unsent = self._unsent_peaks
+        for item in inventory:
+            if item.get("state") != "running":
+                continue
+            sample = self.runtime.usage_sample(item["veid"], reset_peak=True)
+            if sample is None:
+                continue
+            sample["mem_peak_bytes"] = max(sample["mem_peak_bytes"], unsent.get(item["veid"], 0))
+            unsent[item["veid"]] = sample["mem_peak_bytes"]
+            item["usage"] = sample
 
     def heartbeat_loop(self) -> None:
         while not self._stop.is_set():
@@ -242,7 +266,10 @@ class Agent:
                 ident = m.check_identity_args(job.args)
             except m.MessageError as e:
                 raise RuntimeError_(f"refused: {e}") from None
-            return rt.create(spec, gen, log_line, fault=self.fault("create"), ident=ident)
+            result = rt.create(spec, gen, log_line, fault=self.fault("create"), ident=ident)
+            if job.args.get("start") is True:  # billing's services are sold running
+                result = rt.start(spec, gen, log_line)
+            return result
         if job.op == "template_build":
             return self.template_build(job.args, log_line)
         if job.op == "template_remove":
@@ -277,6 +304,14 @@ class Agent:
             return rt.exec(job.veid, argv, timeout=_arg_int(job.args, "timeout", 60), log=log_line)
         if job.op == "node_config":
             return self.node_config(job.args, log_line)
+        if job.op == "migrate_receive":
+            return self.migrations.receive(job, log_line)
+        if job.op == "migrate_send":
+            return self.migrations.send(job, log_line)
+        if job.op == "migrate_finish":
+            return self.migrations.finish(job, log_line)
+        if job.op == "migrate_cleanup":
+            return self.migrations.cleanup(job, log_line)
         if job.op == "status":
             return {"state": rt.state(job.veid), "nproc": rt.nproc(job.veid) or 0}
         raise RuntimeError_(f"unknown operation {job.op}")
@@ -445,9 +480,15 @@ def make_app(cfg: AgentConfig) -> tuple[Celery, Agent]:
     @worker_ready.connect(weak=False)
     def _on_ready(**_):
         agent.recover_journal()
+        if agent.migrations.stop_stale_daemons():
+            log.info("stopped migration endpoints an earlier agent process left running")
         agent.prepare_node()
         agent.start_onboot()
         threading.Thread(target=agent.heartbeat_loop, name="heartbeat", daemon=True).start()
+        # Consoles get their own relay thread, never a job slot (containers/console.py).
+        from .console import ConsoleRelay
+        threading.Thread(target=ConsoleRelay(agent.cfg, agent.runtime).run, args=(agent._stop,),
+                         name="console", daemon=True).start()
         threading.Thread(target=agent.runtime.net.watch_links, args=(agent.on_new_link, agent._stop),
                          name="netlink", daemon=True).start()
 

@@ -58,6 +58,21 @@ def _size(name: str) -> int:
     return int(m.group(1)) * 1024 ** " KMGT".index(m.group(2) or " ")
 
 
+def _address() -> str:
+    raw = os.environ.get("HAKO_NODE_ADDRESS", "")
+    if raw == "":
+        return ""
+    import ipaddress
+
+    try:
+        addr = ipaddress.ip_address(raw)
+    except ValueError:
+        raise ConfigError(f"HAKO_NODE_ADDRESS must be an IP address, got {raw!r}") from None
+    if addr.is_unspecified or addr.is_multicast:
+        raise ConfigError("HAKO_NODE_ADDRESS must be one address of this host, not a wildcard")
+    return str(addr)
+
+
 def _mirror() -> str:
     raw = os.environ.get("HAKO_DEBIAN_MIRROR", "") or "http://deb.debian.org/debian"
     if not re.fullmatch(r"https?://[A-Za-z0-9.-]+(:\d{1,5})?(/[A-Za-z0-9._~/-]*)?", raw):
@@ -84,6 +99,10 @@ class AgentConfig:
     pool: str = "loop"
     pool_size: int = 0  # bytes of the loop file; 0 = the free space of the root's filesystem
     debian_mirror: str = "http://deb.debian.org/debian"
+    # The node's own address on the network between nodes: the migration endpoint (an rsync
+    # daemon per incoming VE) binds to it and outgoing copies leave from it. The panel learns
+    # it from the heartbeat. Empty: this node cannot send or receive migrations.
+    address: str = ""
 
     @property
     def pool_dir(self) -> Path | None:
@@ -141,10 +160,11 @@ class AgentConfig:
             pool=_pool(),
             pool_size=_size("HAKO_POOL_SIZE"),
             debian_mirror=_mirror(),
+            address=_address(),
         )
 
     def ensure_dirs(self) -> None:
         for p in (self.root, self.lxcpath, self.images, self.mounts, self.templates,
-                  self.state, self.state / "ves", self.state / "journal"):
+                  self.state, self.state / "ves", self.state / "journal", self.state / "migrations"):
             p.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o711)

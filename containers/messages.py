@@ -30,7 +30,10 @@ PANEL_QUEUE = "panel"
 MUTATING_OPS = ("create", "start", "stop", "restart", "destroy", "set", "passwd")
 NODE_OPS = ("node_config", "template_build", "template_remove")  # node-level work, no VE
 READ_OPS = ("exec", "status")
-OPS = MUTATING_OPS + READ_OPS + NODE_OPS
+# Steps of a VE migration (panel/services/migrations.py drives them; containers/migrate.py
+# runs them). The panel's migrate job holds the VE's lock, so these are not "mutating".
+MIGRATE_OPS = ("migrate_receive", "migrate_send", "migrate_finish", "migrate_cleanup")
+OPS = MUTATING_OPS + READ_OPS + NODE_OPS + MIGRATE_OPS
 
 # How long a job message stays valid on the broker. A message older than this is refused
 # by the node, so that a redelivery long after the panel gave up does nothing.
@@ -298,6 +301,53 @@ def check_template_name(value) -> str:
     return value
 
 
+# --- sealed secrets ---------------------------------------------------------------
+# A per-migration secret crosses the broker sealed for the node that reads it: XOR with a
+# keystream of HMAC-SHA256(node key, "hako-seal" | nonce | counter). The job message's own
+# signature protects it from tampering; the nonce makes every sealing unique, so one node's
+# key never encrypts two secrets with the same keystream.
+
+def _keystream(key: bytes, nonce: bytes, n: int) -> bytes:
+    out = b""
+    counter = 0
+    while len(out) < n:
+        out += hmac.new(key, b"hako-seal" + nonce + counter.to_bytes(4, "big"), hashlib.sha256).digest()
+        counter += 1
+    return out[:n]
+
+
+def seal(secret: str, key: bytes, nonce: bytes | None = None) -> str:
+    """``nonce:ciphertext`` in hex: ``secret`` (ASCII, at most 256 bytes) sealed for ``key``."""
+    import secrets as _secrets
+
+    raw = secret.encode("ascii")
+    if not 1 <= len(raw) <= 256:
+        raise MessageError("a sealed secret holds 1 to 256 bytes")
+    nonce = nonce or _secrets.token_bytes(16)
+    ks = _keystream(key, nonce, len(raw))
+    return nonce.hex() + ":" + bytes(a ^ b for a, b in zip(raw, ks)).hex()
+
+
+SEALED_RE = re.compile(r"^[0-9a-f]{32}:(?:[0-9a-f]{2}){1,256}$")
+SECRET_RE = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
+
+
+def unseal(sealed, key: bytes) -> str:
+    """The secret in a ``seal`` output, checked to be a token of URL-safe characters."""
+    if not isinstance(sealed, str) or not SEALED_RE.match(sealed):
+        raise MessageError("malformed sealed secret")
+    nonce_hex, ct_hex = sealed.split(":")
+    ct = bytes.fromhex(ct_hex)
+    ks = _keystream(key, bytes.fromhex(nonce_hex), len(ct))
+    try:
+        secret = bytes(a ^ b for a, b in zip(ct, ks)).decode("ascii")
+    except UnicodeDecodeError:
+        raise MessageError("sealed secret does not open with this node's key") from None
+    if not SECRET_RE.match(secret):
+        raise MessageError("sealed secret does not open with this node's key")
+    return secret
+
+
 # --- job messages --------------------------------------------------------------------
 
 
@@ -365,7 +415,7 @@ class JobMessage:
         spec = VESpec.from_dict(raw_spec) if raw_spec is not None else None
         if spec is not None and spec.veid != veid:
             raise MessageError("spec veid does not match job veid")
-        if op in ("create", "start", "restart", "set") and spec is None:
+        if op in ("create", "start", "restart", "set", "migrate_receive", "migrate_finish") and spec is None:
             raise MessageError(f"operation {op} needs a spec")
         args = body.get("args")
         if not isinstance(args, dict):

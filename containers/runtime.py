@@ -236,6 +236,43 @@ class Runtime:
         except (FileNotFoundError, ValueError, OSError):
             return None
 
+    def usage_sample(self, veid: int, *, reset_peak: bool = False) -> dict | None:
+        """CPU and memory use of a running VE, read from its cgroups (no process spawned),
+        for usage metering; None when the VE does not run.
+
+        * ``cpu_ns``: CPU time of the VE's tasks, a counter that starts from zero with each
+          new cgroup (every start); ``boot`` (the cgroup directory's inode) tells the panel
+          when that happened, so that a restart between two samples is not mistaken for a
+          counter that stood still;
+        * ``mem_bytes``: the memory charged now (cgroup v1 ``memory.usage_in_bytes``);
+        * ``mem_peak_bytes``: the kernel's high-water mark. With ``reset_peak`` it is set
+          back to the current charge right after the read, so the next sample's peak covers
+          only the time since this one (hourly records each get their own peak). Only the
+          heartbeat may reset it: whoever else read it would steal a peak from the meter.
+
+        cgroup v2 has no resettable high-water mark per reader before kernel 6.12, so there
+        the peak is the charge at sampling time.
+        """
+        try:
+            if cgroup_v2_only():
+                cg = self.cgroup_path("cpu", veid)
+                stat = dict(line.split() for line in (cg / "cpu.stat").read_text().splitlines() if " " in line)
+                cpu = int(stat["usage_usec"]) * 1000
+                mem = int((cg / "memory.current").read_text())
+                peak, boot = mem, os.stat(cg).st_ino
+            else:
+                acct, memcg = self.cgroup_path("cpuacct", veid), self.cgroup_path("memory", veid)
+                boot = os.stat(acct).st_ino
+                cpu = int((acct / "cpuacct.usage").read_text())
+                peak = int((memcg / "memory.max_usage_in_bytes").read_text())
+                if reset_peak:
+                    # Writing 0 sets the mark to the current charge (cgroup-v1 memory docs).
+                    (memcg / "memory.max_usage_in_bytes").write_text("0")
+                mem = int((memcg / "memory.usage_in_bytes").read_text())
+        except (FileNotFoundError, ValueError, KeyError, OSError):
+            return None  # not running (LXC removed the cgroups), or stopping right now
+        return {"cpu_ns": cpu, "mem_bytes": mem, "mem_peak_bytes": max(peak, mem), "boot": boot}
+
     def state(self, veid: int) -> str:
         if not self.exists(veid):
             return "absent"
@@ -274,7 +311,10 @@ class Runtime:
             return
         mnt = self.mountpoint(veid)
         mnt.mkdir(parents=True, exist_ok=True)
-        _run(["mount", "-t", "ext4", "-o", "loop,noatime,nodev", str(self.image(veid)), str(mnt)])
+        try:
+            storage.mount_image(self.image(veid), mnt)
+        except storage.PoolError as e:
+            raise RuntimeError_(f"cannot mount the disk of VE {veid}: {e}") from None
 
     def umount(self, veid: int) -> None:
         mnt = self.mountpoint(veid)

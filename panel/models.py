@@ -66,6 +66,9 @@ class Node(models.Model):
     agent_instance = models.CharField(max_length=36, blank=True)
     capacity = models.JSONField(default=dict, blank=True)
     info = models.JSONField(default=dict, blank=True)
+    # Maintenance mode: no new VE is placed here and no migration targets it; its VEs keep
+    # running (drain moves them away, services/migrations.py).
+    maintenance = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
     def __str__(self):
@@ -99,6 +102,7 @@ class VE(models.Model):
         STOPPING = "stopping"
         ERROR = "error"
         UNKNOWN = "unknown"      # its node is lost
+        MIGRATING = "migrating"  # moving to another node (services/migrations.py)
         DESTROYED = "destroyed"
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
@@ -224,6 +228,63 @@ class Job(models.Model):
     @property
     def is_terminal(self) -> bool:
         return self.state in self.TERMINAL
+
+
+class Migration(models.Model):
+    """A VE moving from ``source`` to ``target`` (restart mode with pre-copy).
+
+    The state is persisted before each step, so that an orchestrator that died can be
+    resumed (services/migrations.py): pending -> preparing -> precopy -> final -> starting
+    -> committed -> done, or, on a failure before commit, rolling_back -> failed. The VE's
+    node changes in the one transaction that sets ``committed``, only after the target runs
+    the verified copy; the source copy is deleted after that. ``job`` is the panel-side job
+    whose log shows the whole migration; ``sealed_*`` hold the one-time rsync secret sealed
+    for each node (the panel never keeps it in clear) and are wiped when the migration ends.
+    """
+
+    class State(models.TextChoices):
+        PENDING = "pending"
+        PREPARING = "preparing"
+        PRECOPY = "precopy"
+        FINAL = "final"
+        STARTING = "starting"
+        COMMITTED = "committed"
+        DONE = "done"
+        ROLLING_BACK = "rolling_back"
+        FAILED = "failed"
+
+    ACTIVE = ("pending", "preparing", "precopy", "final", "starting", "committed", "rolling_back")
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    ve = models.ForeignKey(VE, on_delete=models.PROTECT, related_name="migrations")
+    source = models.ForeignKey(Node, on_delete=models.PROTECT, related_name="migrations_out")
+    target = models.ForeignKey(Node, on_delete=models.PROTECT, related_name="migrations_in")
+    job = models.OneToOneField(Job, on_delete=models.PROTECT, related_name="migration", null=True, blank=True)
+    drain = models.ForeignKey(Job, on_delete=models.SET_NULL, related_name="drained", null=True, blank=True)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING)
+    was_running = models.BooleanField(default=False)
+    bwlimit = models.PositiveIntegerField(default=0, help_text="KiB/s for the copy, 0 = unlimited")
+    sealed_source = models.CharField(max_length=600, blank=True)
+    sealed_target = models.CharField(max_length=600, blank=True)
+    endpoint = models.JSONField(default=dict, blank=True)
+    bytes_copied = models.BigIntegerField(default=0)
+    downtime_ms = models.BigIntegerField(null=True, blank=True)
+    error = models.CharField(max_length=64, blank=True)
+    explanation = models.TextField(blank=True)
+    lease_until = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["ve"], condition=Q(state__in=[
+                "pending", "preparing", "precopy", "final", "starting", "committed", "rolling_back"]),
+                name="one_active_migration_per_ve"),
+        ]
+        ordering = ["-created_at"]
+
+    def __str__(self):
+        return f"migration of VE {self.ve.veid} {self.source_id}->{self.target_id} ({self.state})"
 
 
 class JobLog(models.Model):
@@ -443,6 +504,9 @@ class Suspension(models.Model):
     lifted_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
                                   related_name="+")
     lift_reason = models.CharField(max_length=500, blank=True)
+    # The VE ran and this suspension stopped it: billing's unsuspend starts it again, since
+    # a paid-up customer expects the service back as it was (staff lifts leave it to them).
+    stopped_running = models.BooleanField(default=False)
 
     class Meta:
         constraints = [
@@ -678,6 +742,22 @@ class UsageMark(models.Model):
     ve = models.OneToOneField(VE, on_delete=models.CASCADE, related_name="usage_mark", primary_key=True)
     closed_until = models.DateTimeField()
     traffic = models.JSONField(default=dict, blank=True)
+    # UsageSample.totals' cumulative cpu_ns and mem_byte_seconds at that moment, likewise.
+    meters = models.JSONField(default=dict, blank=True)
+
+
+class UsageSample(models.Model):
+    """A VE's CPU and memory use as the heartbeats' cgroup samples add up
+    (services.jobs.accumulate_usage), for the hourly usage records.
+
+    ``totals``: {"cpu_ns", "mem_byte_seconds" (cumulative), "mem_peak_bytes" (since the last
+    closed hour; the rollup resets it), "raw": the last sample (cpu_ns, mem_bytes, boot,
+    at)}. A row of its own rather than a VE field: the heartbeat and the rollup lock it,
+    and no other code path does, so neither waits on VE or node row locks."""
+
+    ve = models.OneToOneField(VE, on_delete=models.CASCADE, related_name="usage_sample", primary_key=True)
+    totals = models.JSONField(default=dict, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
 
 
 class PersonalToken(HashedToken):
@@ -719,3 +799,35 @@ class LoginLink(models.Model):
     expires_at = models.DateTimeField()
     used_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
+
+
+class ConsoleSession(models.Model):
+    """One console opened on a VE (browser terminal or ``vzctl enter``): who, when, for how
+    long and how many bytes. A row with no ``ended_at`` whose ``last_seen_at`` is recent is
+    open, and counts against the per-VE and per-user bounds (services.console)."""
+
+    class Kind(models.TextChoices):
+        SHELL = "shell"   # a root shell through lxc-attach
+        TTY = "tty"       # the VE's own console (/dev/console) through lxc-console
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    ve = models.ForeignKey(VE, on_delete=models.CASCADE, related_name="console_sessions")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True)
+    actor_label = models.CharField(max_length=150, blank=True)
+    kind = models.CharField(max_length=8, choices=Kind.choices, default=Kind.SHELL)
+    source = models.CharField(max_length=16, blank=True)
+    started_at = models.DateTimeField(auto_now_add=True)
+    last_seen_at = models.DateTimeField(auto_now_add=True)
+    ended_at = models.DateTimeField(null=True, blank=True)
+    bytes_in = models.BigIntegerField(default=0)
+    bytes_out = models.BigIntegerField(default=0)
+    exit_code = models.IntegerField(null=True, blank=True)
+    close_reason = models.CharField(max_length=32, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["ve", "ended_at"], name="console_ve_open"),
+                   models.Index(fields=["user", "ended_at"], name="console_user_open")]
+        ordering = ["-started_at"]
+
+    def __str__(self):
+        return f"console {self.kind} of VE {self.ve_id} by {self.actor_label or '-'}"

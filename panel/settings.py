@@ -6,6 +6,9 @@ HAKO_SECRET_KEY     Django's secret key; a random one is kept in HAKO_DATA when 
 HAKO_DATA           where the embedded default keeps its files (/var/lib/hako)
 HAKO_DEBUG          "1" for development only
 HAKO_ALLOWED_HOSTS  comma-separated host names
+HAKO_CSRF_TRUSTED_ORIGINS  extra origins (https://panel.example.com) for forms and the console
+HAKO_CONSOLE_IDLE_TIMEOUT, HAKO_CONSOLE_MAX_PER_VE, HAKO_CONSOLE_MAX_PER_USER,
+HAKO_CONSOLE_TICKET_TTL  the VE console's limits (see the end of this file)
 HAKO_EMAIL_BACKEND  console (default), smtp, locmem or dummy
 HAKO_EMAIL_HOST, HAKO_EMAIL_PORT, HAKO_EMAIL_USER, HAKO_EMAIL_PASSWORD, HAKO_EMAIL_TLS (0/1)
 HAKO_EMAIL_FROM     sender of the panel's mail (hako@localhost)
@@ -136,6 +139,12 @@ TEMPLATES = [{
     ]},
 }]
 WSGI_APPLICATION = "panel.wsgi.application"
+# The ASGI app (uvicorn in make run and compose) serves the same HTTP views plus the VE
+# console's WebSocket (panel/asgi.py).
+ASGI_APPLICATION = "panel.asgi.application"
+# Origins besides the allowed hosts that may open a console WebSocket and post forms
+# (a TLS proxy's https://panel.example.com), comma-separated.
+CSRF_TRUSTED_ORIGINS = [o for o in os.environ.get("HAKO_CSRF_TRUSTED_ORIGINS", "").split(",") if o]
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "panel:ve-list"
 LOGOUT_REDIRECT_URL = "login"
@@ -221,6 +230,10 @@ HAKO_ID_BASE = int(os.environ.get("HAKO_ID_BASE", "1000000"))
 HAKO_ID_RANGES = int(os.environ.get("HAKO_ID_RANGES", "15000"))
 # The first VEID handed out when none is chosen (OpenVZ starts at 101).
 HAKO_FIRST_VEID = int(os.environ.get("HAKO_FIRST_VEID", "101"))
+# Webhook endpoints may be on loopback, private, link-local... addresses (a receiver on the
+# panel's own LAN, tests). Off: a billing token must not turn the panel worker into a
+# proxy into the provider's internal network or its cloud metadata service (SSRF).
+HAKO_WEBHOOK_ALLOW_PRIVATE = env_bool("HAKO_WEBHOOK_ALLOW_PRIVATE", False)
 
 CELERY_BEAT_SCHEDULE = {
     "reap-lost-nodes-and-expired-jobs": {
@@ -232,6 +245,11 @@ CELERY_BEAT_SCHEDULE = {
     "enforce-suspensions": {
         "task": "hako.panel.enforce_suspensions",
         "schedule": env_float("HAKO_SUSPENSION_INTERVAL", 30.0),
+    },
+    # Migrations whose orchestrator died (panel worker killed) are resumed or rolled back.
+    "migrations-resume": {
+        "task": "hako.panel.migrations_resume",
+        "schedule": env_float("HAKO_MIGRATION_RESUME_INTERVAL", 30.0),
     },
     # Webhook events and retries whose task message was lost are queued again.
     "webhooks-sweep": {
@@ -251,3 +269,21 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": os.environ.get("HAKO_LOG_LEVEL", "WARNING")},
 }
+
+# --- VE console (issue 7; panel/services/console.py) ------------------------------------
+def _env_int(name: str, default: int, lo: int, hi: int) -> int:
+    raw = os.environ.get(name, "")
+    if raw == "":
+        return default
+    if not raw.isdigit() or not lo <= int(raw) <= hi:
+        raise ImproperlyConfigured(f"{name} must be an integer in [{lo}, {hi}], got {raw!r}")
+    return int(raw)
+
+
+# A console with no keystroke and no output for this long is closed.
+HAKO_CONSOLE_IDLE_TIMEOUT = _env_int("HAKO_CONSOLE_IDLE_TIMEOUT", 900, 1, 86400)
+# Open consoles per VE and per user at a time.
+HAKO_CONSOLE_MAX_PER_VE = _env_int("HAKO_CONSOLE_MAX_PER_VE", 4, 1, 100)
+HAKO_CONSOLE_MAX_PER_USER = _env_int("HAKO_CONSOLE_MAX_PER_USER", 8, 1, 100)
+# Seconds a console ticket (minted by the VE page, consumed by the WebSocket handshake) lives.
+HAKO_CONSOLE_TICKET_TTL = _env_int("HAKO_CONSOLE_TICKET_TTL", 30, 1, 300)

@@ -56,3 +56,24 @@ def usage_rollup():
     from .services.usage import usage_rollup as rollup
 
     return rollup()
+
+
+@shared_task(name="hako.panel.migrate", ignore_result=True, acks_late=True)
+def panel_migrate(migration_id):
+    from .services.migrations import migration_run
+
+    return migration_run(migration_id)
+
+
+@shared_task(name="hako.panel.drain", ignore_result=True, acks_late=True)
+def panel_drain(job_id):
+    from .services.migrations import drain_run
+
+    return drain_run(job_id)
+
+
+@shared_task(name="hako.panel.migrations_resume", ignore_result=True)
+def panel_migrations_resume():
+    from .services.migrations import migrations_resume
+
+    return migrations_resume()

@@ -57,6 +57,9 @@ def job_body(job: Job, logs: bool = False) -> dict:
             "error": job.error or None, "explanation": job.explanation or None,
             "created_at": _iso(job.created_at), "started_at": _iso(job.started_at),
             "finished_at": _iso(job.finished_at)}
+    if job.kind == "exec" and job.is_terminal:  # run-command: its output and exit code
+        r = job.result or {}
+        body["result"] = {k: r.get(k) for k in ("exit_code", "output", "truncated", "timed_out")}
     if logs:
         body["log"] = [{"seq": line.seq, "kind": line.kind, "message": line.message, "ts": _iso(line.ts)}
                        for line in job.logs.order_by("seq")]
@@ -223,6 +226,53 @@ class VeResourcesApi(VeActionApi):
 
     @_action_schema("set_resources", ResourcesIn)
     def post(self, request, ve_id):
+        return super().post(request, ve_id)
+
+
+class ExecIn(serializers.Serializer):
+    argv = serializers.ListField(child=serializers.CharField(trim_whitespace=False, allow_blank=False),
+                                 allow_empty=False, help_text="the command and its arguments; no shell runs it")
+    timeout = serializers.IntegerField(required=False, min_value=1, max_value=3600, default=60)
+
+
+class VeExecApi(VeActionApi):
+    """Run one command in a running VE (no shell); the job's ``result`` holds its exit
+    code and output (up to 64 KiB) once it has ended: poll ``/jobs/{id}``."""
+
+    request_serializer = ExecIn
+
+    def act(self, ve, data):
+        return ve_svc.ve_exec(ve=ve, argv=data["argv"], timeout=data.get("timeout", 60), actor=self.request.user,
+                              source=SOURCE)
+
+    @_action_schema("exec", ExecIn)
+    def post(self, request, ve_id):
+        return super().post(request, ve_id)
+
+
+class MigrateIn(serializers.Serializer):
+    node = serializers.CharField(max_length=63, help_text="the target node's name")
+    bwlimit = serializers.IntegerField(required=False, min_value=0, max_value=10**8, default=0,
+                                       help_text="cap the copy at this many KiB/s, 0 = none")
+
+
+class VeMigrateApi(VeActionApi):
+    """Staff only (a token of a staff user): move the VE to another node; the job's log
+    shows the copy and, at the end, the downtime. Another caller gets a 404: the
+    endpoint does not exist for them."""
+
+    request_serializer = MigrateIn
+
+    def act(self, ve, data):
+        from panel.services.migrations import ve_migrate
+
+        return ve_migrate(ve=ve, target=data["node"], bwlimit=data.get("bwlimit", 0), actor=self.request.user,
+                          source=SOURCE)
+
+    @_action_schema("migrate", MigrateIn)
+    def post(self, request, ve_id):
+        if not access.is_local_admin(request.user):
+            raise NotFound("no such API endpoint")
         return super().post(request, ve_id)
 
 

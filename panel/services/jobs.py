@@ -17,9 +17,10 @@ from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.db.models.functions import Greatest
 from django.utils import timezone
+from django.utils.translation import gettext as _
 
 from containers import messages as m
-from panel.models import VE, IPAddress, Job, JobLog, Node, Plan
+from panel.models import VE, IPAddress, Job, JobLog, Node, Plan, UsageSample
 
 from .errors import Conflict
 from .webhooks import event_emit
@@ -31,12 +32,17 @@ TRANSIENT_STATE = {"create": VE.State.CREATING, "start": VE.State.STARTING, "res
                    "stop": VE.State.STOPPING, "destroy": VE.State.STOPPING}
 
 
+# Jobs the panel runs itself (services/migrations.py): never sent to a node, so neither the
+# reaper nor an agent restart may fail them; their orchestrator settles them.
+PANEL_SIDE_KINDS = ("migrate", "drain")
+
+
 def node_key(node: Node) -> bytes:
     return bytes.fromhex(node.key)
 
 
 def job_create(*, kind: str, node: Node, ve: VE | None, actor=None, args: dict | None = None,
-               mutating: bool | None = None) -> Job:
+               mutating: bool | None = None, send: bool = True) -> Job:
     """Create a job and schedule its message for after the surrounding transaction commits.
 
     A second mutating job on a VE that has one pending or running is refused with
@@ -57,13 +63,15 @@ def job_create(*, kind: str, node: Node, ve: VE | None, actor=None, args: dict |
     except IntegrityError:
         busy = Job.objects.filter(ve=ve, mutating=True, state__in=Job.ACTIVE).first()
         what = f"{busy.kind} job {busy.id} is {busy.state}" if busy else "another job is in progress"
-        raise Conflict(f"VE {ve.veid} is busy: {what}. Wait for it to finish.", code="ve-busy") from None
+        raise Conflict(_("VE %(veid)s is busy: %(what)s. Wait for it to finish.") % {"veid": ve.veid, "what": what},
+                       code="ve-busy") from None
     spec = ve.spec() if ve is not None and kind != "destroy" else None
     body = m.job_body(job_id=str(job.id), node=node.name, op=kind, veid=ve.veid if ve else 0,
                       generation=job.generation, spec=spec, args=job.args,
                       ttl=int(settings.HAKO_JOB_TTL), now=now.timestamp())
     envelope = m.sign(body, node_key(node))
-    transaction.on_commit(lambda: send_job(node, job.id, envelope))
+    if send:  # send=False: a panel-side job (PANEL_SIDE_KINDS) that holds the VE's lock only
+        transaction.on_commit(lambda: send_job(node, job.id, envelope))
     return job
 
 
@@ -121,9 +129,9 @@ def job_fail(job_id, *, error: str, explanation: str, observed: dict | None = No
         job = Job.objects.select_related("ve").get(id=job_id)
         _scrub_secrets(job)
         _log_line(job, JobLog.Kind.ERROR, explanation)
-        if job.ve_id:
+        if job.ve_id and job.kind not in m.MIGRATE_OPS:
             _settle_ve_after_failure(job, observed or {})
-        _job_failed_event(job, error)
+            _job_failed_event(job, error)
     return True
 
 
@@ -155,7 +163,7 @@ def _settle_ve_after_failure(job: Job, observed: dict) -> None:
         VE.objects.filter(pk=ve.pk).update(state=new, state_changed_at=timezone.now())
 
 
-SECRET_ARGS = ("root_password_hash",)
+SECRET_ARGS = ("root_password_hash", "secret")  # "secret": a migration's sealed rsync secret
 
 
 def _scrub_secrets(job: Job) -> None:
@@ -166,7 +174,7 @@ def _scrub_secrets(job: Job) -> None:
 
 def _apply_success(job: Job, result: dict) -> None:
     ve = job.ve
-    if ve is None:
+    if ve is None or job.kind in m.MIGRATE_OPS:  # a migration step: its orchestrator settles the VE
         return
     fields = {}
     if job.kind == "destroy":
@@ -261,9 +269,9 @@ def apply_event(envelope) -> str:
             if n:
                 _log_line(job, JobLog.Kind.ERROR, message, seq, ts)
                 _scrub_secrets(job)
-                if job.ve_id:
+                if job.ve_id and job.kind not in m.MIGRATE_OPS:
                     _settle_ve_after_failure(job, observed)
-                _job_failed_event(job, str(data.get("error", "failed")))
+                    _job_failed_event(job, str(data.get("error", "failed")))
         else:
             return "refused: unknown event"
     return f"applied {kind}"
@@ -305,15 +313,16 @@ def apply_heartbeat(envelope) -> str:
             node_push_config(node=node)
         if node.agent_instance and instance != node.agent_instance:
             for job_id in Job.objects.filter(node=node, state=Job.State.RUNNING).exclude(
-                    agent_instance=instance).values_list("id", flat=True):
+                    agent_instance=instance).exclude(kind__in=PANEL_SIDE_KINDS).values_list("id", flat=True):
                 job_fail(job_id, error="agent-restarted",
                          explanation=f"The node agent on {node.name} restarted while this job ran; "
                                      "the operation was interrupted. The VE's state is taken from the node.")
-        _apply_inventory(node, inventory, now)
+        ts = body.get("ts")
+        _apply_inventory(node, inventory, now, sampled_at=float(ts) if type(ts) in (int, float) else None)
     return "applied heartbeat"
 
 
-def _apply_inventory(node: Node, inventory: list, now) -> None:
+def _apply_inventory(node: Node, inventory: list, now, sampled_at: float | None = None) -> None:
     seen = {}
     for item in inventory:
         if isinstance(item, dict) and type(item.get("veid")) is int:
@@ -321,6 +330,7 @@ def _apply_inventory(node: Node, inventory: list, now) -> None:
     busy = set(Job.objects.filter(node=node, mutating=True, state__in=Job.ACTIVE, ve__isnull=False)
                .values_list("ve_id", flat=True))
     changed = []
+    samples = {}
     for ve in VE.objects.filter(node=node).exclude(state__in=[VE.State.DESTROYED, VE.State.CREATING]).only(
             "id", "veid", "state", "nproc", "state_changed_at", "traffic"):
         item = seen.get(ve.veid)
@@ -329,6 +339,8 @@ def _apply_inventory(node: Node, inventory: list, now) -> None:
             if total != ve.traffic:
                 ve.traffic = total
                 changed.append(ve)
+        if item is not None and isinstance(item.get("usage"), dict):
+            samples[ve.pk] = item["usage"]
         if ve.pk in busy:
             continue
         if item is None or item.get("state") not in ("running", "stopped"):
@@ -344,6 +356,27 @@ def _apply_inventory(node: Node, inventory: list, now) -> None:
                 changed.append(ve)
     if changed:
         VE.objects.bulk_update(changed, ["state", "nproc", "state_changed_at", "traffic"])
+    if samples and sampled_at is not None:
+        _apply_usage_samples(samples, sampled_at)
+
+
+def _apply_usage_samples(samples: dict, sampled_at: float) -> None:
+    """Fold the heartbeat's CPU/memory samples ({VE id: sample}) into UsageSample rows,
+    locked in a fixed order: the usage rollup resets the memory peak there, and a heartbeat
+    must not write back a peak the rollup has just booked."""
+    rows = {r.ve_id: r for r in UsageSample.objects.select_for_update().filter(ve_id__in=list(samples))
+            .order_by("ve_id")}
+    new, changed = [], []
+    for ve_id, sample in samples.items():
+        row = rows.get(ve_id) or UsageSample(ve_id=ve_id, totals={})
+        totals = accumulate_usage(row.totals, sample, sampled_at)
+        if totals != row.totals:
+            row.totals, row.updated_at = totals, timezone.now()
+            (changed if ve_id in rows else new).append(row)
+    if new:  # a heartbeat racing this one for a new VE: its first sample is dropped, not doubled
+        UsageSample.objects.bulk_create(new, ignore_conflicts=True)
+    if changed:
+        UsageSample.objects.bulk_update(changed, ["totals", "updated_at"])
 
 
 TRAFFIC_KEYS = ("in_bytes", "out_bytes", "in_packets", "out_packets")
@@ -369,6 +402,45 @@ def accumulate_traffic(total: dict, raw: dict) -> dict:
     return out
 
 
+# The memory integral bridges at most this many seconds between two samples: across a
+# longer silence (agent down, node lost) nothing is known, and nothing is billed.
+MAX_SAMPLE_GAP = 120.0
+
+
+def accumulate_usage(total: dict, sample: dict, at: float) -> dict:
+    """Fold one CPU/memory sample of a running VE (heartbeat ``usage``, taken at agent time
+    ``at``) into its running totals (UsageSample.totals).
+
+    * ``cpu_ns`` grows by the growth of the VE's CPU counter, which restarts from zero with
+      every new cgroup (``boot`` changes): then the new value counts in full, as traffic
+      does. CPU used after the last sample of a run that stopped is not seen (at most one
+      heartbeat interval).
+    * ``mem_byte_seconds`` grows by the trapezoid between this sample and the previous one
+      of the same run, if that is at most MAX_SAMPLE_GAP old.
+    * ``mem_peak_bytes`` is the highest charge since the last closed hour (the rollup
+      resets it); each sample's peak is the kernel's high-water mark since the last one.
+
+    A malformed sample changes nothing.
+    """
+    keys = ("cpu_ns", "mem_bytes", "mem_peak_bytes", "boot")
+    if not all(type(sample.get(k)) is int and sample[k] >= 0 for k in keys):
+        return total
+    cpu, mem, peak, boot = (sample[k] for k in keys)
+    last = total.get("raw") or {}
+    same_run = last.get("boot") == boot
+    prev = int(last.get("cpu_ns", 0)) if same_run else 0
+    out = dict(total)
+    out["cpu_ns"] = int(total.get("cpu_ns", 0)) + (cpu - prev if cpu >= prev else cpu)
+    mbs = int(total.get("mem_byte_seconds", 0))
+    dt = at - last["at"] if same_run and isinstance(last.get("at"), (int, float)) else 0
+    if 0 < dt <= MAX_SAMPLE_GAP:
+        mbs += int((int(last.get("mem_bytes", 0)) + mem) / 2 * dt)
+    out["mem_byte_seconds"] = mbs
+    out["mem_peak_bytes"] = max(int(total.get("mem_peak_bytes", 0)), peak, mem)
+    out["raw"] = {"cpu_ns": cpu, "mem_bytes": mem, "boot": boot, "at": at}
+    return out
+
+
 def reap(now=None) -> dict:
     """Fail what can no longer finish (beat, every few seconds).
 
@@ -385,14 +457,17 @@ def reap(now=None) -> dict:
                                        last_heartbeat__lt=lost_before).update(state=Node.State.LOST):
                 continue
             counts["nodes_lost"] += 1
-            for job_id in Job.objects.filter(node=node, state__in=Job.ACTIVE).values_list("id", flat=True):
+            for job_id in (Job.objects.filter(node=node, state__in=Job.ACTIVE).exclude(kind__in=PANEL_SIDE_KINDS)
+                           .values_list("id", flat=True)):
                 counts["jobs_failed"] += job_fail(
                     job_id, error="node-lost",
                     explanation=f"Node {node.name} stopped sending heartbeats (last at "
                                 f"{node.last_heartbeat:%Y-%m-%d %H:%M:%S} UTC); the job's outcome is unknown. "
                                 "The VE's state will be read again when the node is back.")
-            VE.objects.filter(node=node).exclude(state=VE.State.DESTROYED).update(state=VE.State.UNKNOWN, nproc=None)
-    for job_id in Job.objects.filter(state=Job.State.PENDING, expires_at__lt=now).values_list("id", flat=True):
+            VE.objects.filter(node=node).exclude(state__in=[VE.State.DESTROYED, VE.State.MIGRATING]).update(
+                state=VE.State.UNKNOWN, nproc=None)
+    for job_id in (Job.objects.filter(state=Job.State.PENDING, expires_at__lt=now).exclude(kind__in=PANEL_SIDE_KINDS)
+                   .values_list("id", flat=True)):
         counts["jobs_failed"] += job_fail(
             job_id, error="not-picked-up",
             explanation="No node agent picked this job up before it expired; nothing was changed. "

@@ -119,7 +119,7 @@ def ve_migrate(*, ve: VE, target: Node | str, actor=None, bwlimit: int = 0, sour
         raise InvalidInput(_("bwlimit must be KiB/s between 0 and 100000000"), field="bwlimit")
     with transaction.atomic():
         try:
-            locked = VE.objects.select_for_update().select_related("node", "tenant", "template").get(pk=ve.pk)
+            locked = VE.objects.select_for_update(of=("self",)).select_related("node", "tenant", "template").get(pk=ve.pk)
         except VE.DoesNotExist:
             raise NotFound("VE not found") from None
         if locked.state == VE.State.DESTROYED:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
+from django.utils.translation import gettext as _
 
 from containers.messages import HOSTNAME_RE, MessageError, check_ve_address
 from panel.access import audit_denial, is_local_admin, require_role
@@ -49,18 +50,23 @@ def _free_uid_base() -> int:
         base = settings.HAKO_ID_BASE + i * IDMAP_SIZE
         if base not in used:
             return base
-    raise Unavailable("No free id range is left in the fleet; raise HAKO_ID_RANGES and root's subuid range.")
+    raise Unavailable(_("No free id range is left in the fleet; raise HAKO_ID_RANGES and root's subuid range."))
 
 
 def _pick_node(node: Node | None, template: OSTemplate) -> Node:
     if node is not None:
         if node.state != Node.State.ONLINE:
-            raise Unavailable(f"Node {node.name} is {node.state}; it cannot take new VEs now.", code="node-unavailable")
+            raise Unavailable(_("Node %(node)s is %(state)s; it cannot take new VEs now.")
+                              % {"node": node.name, "state": node.state}, code="node-unavailable")
+        if node.maintenance:
+            raise Unavailable(_("Node %(node)s is in maintenance mode; it takes no new VEs.") % {"node": node.name},
+                              code="node-maintenance")
         return node
-    candidates = [n for n in Node.objects.filter(state=Node.State.ONLINE)
+    # A node in maintenance mode takes no new VEs (services/migrations.py drains it).
+    candidates = [n for n in Node.objects.filter(state=Node.State.ONLINE, maintenance=False)
                   if template.name in n.info.get("templates", [template.name])]
     if not candidates:
-        raise Unavailable("No online node can take this VE right now.", code="no-node")
+        raise Unavailable(_("No online node can take this VE right now."), code="no-node")
     return max(candidates, key=lambda n: n.capacity.get("mem_available", 0))
 
 
@@ -69,8 +75,9 @@ def ve_create(*, tenant: Tenant, actor=None, template: str, hostname: str | None
               cpulimit=None, numproc=None, iolimit=None, iopslimit=None, onboot: bool = False,
               addresses: list[str] | None = None, nameservers=None, searchdomain=None, rate_in=None,
               rate_out=None, root_password=None, root_password_hash=None, ssh_keys=None,
-              plan: Plan | str | None = None, source: str = "") -> Job:
-    """Create a VE record and a ``create`` job for its node.
+              plan: Plan | str | None = None, source: str = "", start: bool = False) -> Job:
+    """Create a VE record and a ``create`` job for its node (with ``start``, the same job
+    starts it once created: billing sells services running).
 
     Sizes are bytes (parse user text with services.validation first); ``iolimit`` (bytes/s)
     also takes sizes like ``10M``, ``iopslimit`` is operations/s, 0 = unlimited. With a
@@ -83,7 +90,7 @@ def ve_create(*, tenant: Tenant, actor=None, template: str, hostname: str | None
     require_role(actor, tenant, Membership.Role.OPERATOR, what="tenant", source=source)
     if not is_local_admin(actor) and (node is not None or veid is not None):
         audit_denial(actor, tenant, "staff-field", {"field": "node" if node is not None else "veid"}, source)
-        raise Forbidden("choosing the node or the VEID is for staff administrators",
+        raise Forbidden(_("choosing the node or the VEID is for staff administrators"),
                         field="node" if node is not None else "veid")
     _refuse_if_tenant_suspended(tenant)
     the_plan = plan_resolve(plan, actor) if plan is not None else None
@@ -100,12 +107,12 @@ def ve_create(*, tenant: Tenant, actor=None, template: str, hostname: str | None
     if veid is not None:
         veid = parse_int(veid, field="veid")
         if veid < 101:
-            raise InvalidInput("veid must be 101 or more", field="veid")
+            raise InvalidInput(_("veid must be 101 or more"), field="veid")
     if not isinstance(template, str):
-        raise InvalidInput("template must be a name", field="template")
+        raise InvalidInput(_("template must be a name"), field="template")
     tmpl = OSTemplate.objects.filter(name=template, enabled=True).first()
     if tmpl is None:
-        raise InvalidInput(f"OS template {template[:64]!r} does not exist", field="template")
+        raise InvalidInput(_("OS template %(name)r does not exist") % {"name": template[:64]}, field="template")
     if hostname is not None:
         hostname = check_hostname(hostname)
     net_values = network_settings(nameservers=nameservers, searchdomain=searchdomain, rate_in=rate_in,
@@ -122,7 +129,7 @@ def ve_create(*, tenant: Tenant, actor=None, template: str, hostname: str | None
                 _alloc_lock()
                 target = _pick_node(node, tmpl)
                 if veid is not None and VE.objects.filter(veid=veid).exclude(state=VE.State.DESTROYED).exists():
-                    raise Conflict(f"VE {veid} already exists", code="veid-taken", field="veid")
+                    raise Conflict(_("VE %(veid)s already exists") % {"veid": veid}, code="veid-taken", field="veid")
                 the_veid = veid if veid is not None else _next_veid()
                 ve = VE.objects.create(
                     veid=the_veid, tenant=tenant, node=target, template=tmpl,
@@ -132,17 +139,20 @@ def ve_create(*, tenant: Tenant, actor=None, template: str, hostname: str | None
                                         count=the_plan.addresses if the_plan and addresses is None else None)
                 if ve.addresses:
                     VE.objects.filter(pk=ve.pk).update(addresses=ve.addresses)
-                job = job_create(kind="create", node=target, ve=ve, actor=actor, args=ident)
+                job = job_create(kind="create", node=target, ve=ve, actor=actor,
+                                 args={**ident, **({"start": True} if start else {})})
                 audit(action="ve.create", actor=actor, tenant=tenant, obj=ve, source=source,
                       detail={"job": str(job.id), "node": target.name, "template": tmpl.name,
                               "hostname": ve.hostname, **values, **identity_audit(ident),
-                              **({"plan": the_plan.name} if the_plan else {})})
+                              **({"plan": the_plan.name} if the_plan else {}),
+                              **({"start": True} if start else {})})
                 return job
         except IntegrityError:
             if veid is not None:
-                raise Conflict(f"VE {veid} already exists", code="veid-taken", field="veid") from None
+                raise Conflict(_("VE %(veid)s already exists") % {"veid": veid}, code="veid-taken",
+                               field="veid") from None
             continue  # lost an allocation race on SQLite or a stale read; take the next one
-    raise Conflict("Could not allocate a VEID; try again.")
+    raise Conflict(_("Could not allocate a VEID; try again."))
 
 
 def network_settings(*, nameservers=None, searchdomain=None, rate_in=None, rate_out=None) -> dict:
@@ -152,15 +162,15 @@ def network_settings(*, nameservers=None, searchdomain=None, rate_in=None, rate_
         if isinstance(nameservers, str):
             nameservers = [n for n in nameservers.replace(",", " ").split() if n]
         if not isinstance(nameservers, (list, tuple)) or len(nameservers) > 3:
-            raise InvalidInput("give at most 3 nameservers", field="nameservers")
+            raise InvalidInput(_("give at most 3 nameservers"), field="nameservers")
         try:
             out["nameservers"] = [check_ve_address(str(n), any_ip=True) for n in nameservers]
         except MessageError as e:
-            raise InvalidInput(f"nameserver: {e}", field="nameservers") from None
+            raise InvalidInput(_("nameserver: %(error)s") % {"error": e}, field="nameservers") from None
     if searchdomain is not None:
         domains = str(searchdomain).split()
         if len(" ".join(domains)) > 253 or not all(HOSTNAME_RE.match(d) for d in domains):
-            raise InvalidInput("searchdomain must be domain names separated by spaces", field="searchdomain")
+            raise InvalidInput(_("searchdomain must be domain names separated by spaces"), field="searchdomain")
         out["searchdomain"] = " ".join(d.lower() for d in domains)
     for field, raw in (("rate_in", rate_in), ("rate_out", rate_out)):
         if raw is not None:
@@ -170,7 +180,7 @@ def network_settings(*, nameservers=None, searchdomain=None, rate_in=None, rate_
 
 def _live(ve: VE) -> VE:
     if ve.state == VE.State.DESTROYED:
-        raise NotFound(f"VE {ve.veid} does not exist")
+        raise NotFound(_("VE %(veid)s does not exist") % {"veid": ve.veid})
     return ve
 
 
@@ -192,8 +202,8 @@ def _refuse_if_suspended(ve: VE) -> None:
 
     found = active_suspensions(ve)
     if found:
-        raise Conflict(f"VE {ve.veid} is suspended ({describe(found)}); it cannot be started until "
-                       "the suspension is lifted.", code="suspended")
+        raise Conflict(_("VE %(veid)s is suspended (%(why)s); it cannot be started until the suspension is lifted.")
+                       % {"veid": ve.veid, "why": describe(found)}, code="suspended")
 
 
 def _refuse_if_tenant_suspended(tenant: Tenant) -> None:
@@ -201,8 +211,8 @@ def _refuse_if_tenant_suspended(tenant: Tenant) -> None:
 
     found = tenant_suspensions(tenant)
     if found:
-        raise Conflict(f"tenant {tenant.slug} is suspended ({describe(found)}); no VE can be created "
-                       "until the suspension is lifted.", code="suspended")
+        raise Conflict(_("tenant %(tenant)s is suspended (%(why)s); no VE can be created until the suspension is "
+                         "lifted.") % {"tenant": tenant.slug, "why": describe(found)}, code="suspended")
 
 
 def ve_start(*, ve: VE, actor=None, source: str = "") -> Job:
@@ -215,7 +225,7 @@ def ve_stop(*, ve: VE, actor=None, timeout: int | None = None, kill: bool = Fals
     args = {"kill": bool(kill)}
     if timeout is not None:
         if type(timeout) is not int or not 0 <= timeout <= 3600:
-            raise InvalidInput("timeout must be between 0 and 3600 seconds", field="timeout")
+            raise InvalidInput(_("timeout must be between 0 and 3600 seconds"), field="timeout")
         args["timeout"] = timeout
     return _simple("stop", ve, actor, source, args)
 
@@ -260,7 +270,7 @@ def ve_change_plan(*, ve: VE, plan: Plan | str, actor=None, source: str = "") ->
 def _clean_changes(changes: dict) -> dict:
     unknown = set(changes) - set(SETTABLE)
     if unknown:
-        raise InvalidInput(f"unknown parameters: {', '.join(sorted(unknown))}")
+        raise InvalidInput(_("unknown parameters: %(names)s") % {"names": ", ".join(sorted(unknown))})
     clean = {}
     for field, raw in changes.items():
         if raw is None:
@@ -271,12 +281,12 @@ def _clean_changes(changes: dict) -> dict:
             clean.update(network_settings(**{field: raw}))
         elif field == "onboot":
             if not isinstance(raw, bool):
-                raise InvalidInput("onboot must be yes or no", field="onboot")
+                raise InvalidInput(_("onboot must be yes or no"), field="onboot")
             clean[field] = raw
         else:
             clean[field] = check_range(parse_limit(raw, field=field), field=field)
     if not clean:
-        raise InvalidInput("nothing to change: give at least one parameter")
+        raise InvalidInput(_("nothing to change: give at least one parameter"))
     return clean
 
 
@@ -285,8 +295,9 @@ def _resize(ve: VE, clean: dict, actor, source: str, *, action: str, plan: Plan 
         locked = VE.objects.select_related("node", "tenant", "template").get(pk=_live(ve).pk)
         if "disk" in clean and clean["disk"] < locked.disk and locked.state != VE.State.STOPPED:
             raise InvalidInput(
-                f"shrinking the disk needs the VE stopped (VE {locked.veid} is {locked.state}): stop it, "
-                "then set the smaller size; the data on it must fit in the new size", field="disk")
+                _("shrinking the disk needs the VE stopped (VE %(veid)s is %(state)s): stop it, then set the smaller "
+                  "size; the data on it must fit in the new size") % {"veid": locked.veid, "state": locked.state},
+                field="disk")
         args = {"changes": clean}
         detail = {"changes": clean}
         if plan is not None:
@@ -315,9 +326,9 @@ def ve_exec(*, ve: VE, argv: list, actor=None, timeout: int = 60, source: str = 
     """Run ``argv`` inside a running VE (no shell); output is captured up to 64 KiB."""
     if (not isinstance(argv, (list, tuple)) or not argv or len(argv) > EXEC_MAX_ARGS
             or not all(isinstance(a, str) and a and len(a) <= EXEC_MAX_ARG_LEN and "\x00" not in a for a in argv)):
-        raise InvalidInput("command must be a non-empty list of arguments without NUL bytes", field="argv")
+        raise InvalidInput(_("command must be a non-empty list of arguments without NUL bytes"), field="argv")
     if type(timeout) is not int or not 1 <= timeout <= 3600:
-        raise InvalidInput("timeout must be between 1 and 3600 seconds", field="timeout")
+        raise InvalidInput(_("timeout must be between 1 and 3600 seconds"), field="timeout")
     return _simple("exec", ve, actor, source, {"argv": list(argv), "timeout": timeout},
                    audit_detail={"argv": list(argv)[:20]})
 

@@ -21,6 +21,9 @@ LABELS = {
     "admin": _("administrator"), "billing": _("billing"), "abuse": _("abuse"),
     "max_ves": _("VEs"), "memory": _("memory"), "disk": _("disk"), "cpuunits": _("CPU units"),
     "addresses": _("addresses"), "backups": _("backups"),
+    "migrating": _("migrating"), "migrate": _("migrate"), "drain": _("drain node"),
+    "migrate_receive": _("receive migration"), "migrate_send": _("send migration"),
+    "migrate_finish": _("finish migration"), "migrate_cleanup": _("migration cleanup"),
 }
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.db.models import Count, Prefetch, Q
+from django.db.models import Prefetch, Q
 from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.utils.translation import gettext as _
@@ -15,13 +15,12 @@ from django.views.decorators.http import require_http_methods, require_POST
 from panel import access, selectors
 from panel.forms import (AuditFilterForm, QuotaApproveForm, QuotaDenyForm, SuspendForm, TenantCreateForm,
                          TenantQuotaForm)
-from panel.models import IPPool, Membership, Node, Suspension, Tenant
+from panel.models import Membership, Node, Suspension, Tenant
 from panel.services import members as member_services
 from panel.services import quotas as quota_services
 from panel.services import suspensions as suspension_services
-from panel.services import templates as template_services
 from panel.services.errors import Forbidden, NotFound, ServiceError
-from panel.services.quotas import quota_overview
+from panel.services.quotas import quota_overview, quota_overviews
 
 from .common import http_errors
 from .lists import JOB_STATES, VE_STATES, job_kinds, job_list, node_list, page_of, ve_list
@@ -148,9 +147,11 @@ def staff_tenants_view(request):
     if q:
         qs = qs.filter(Q(slug__icontains=q) | Q(name__icontains=q))
     page = page_of(qs, request.GET.get("page"))
-    rows = [{"tenant": t, "quota": quota_overview(t),
+    tenants = list(page.object_list)
+    overviews = quota_overviews(tenants)  # the whole page at once: a fixed number of queries
+    rows = [{"tenant": t, "quota": overviews[t.pk],
              "by_admin": any(s.source == Suspension.Source.ADMIN for s in t.active_suspensions)}
-            for t in page.object_list]
+            for t in tenants]
     return render(request, "staff/tenants.html", {"page": page, "rows": rows, "q": q})
 
 
@@ -190,25 +191,7 @@ staff_tenant_suspend_view = _suspension("suspend")
 staff_tenant_unsuspend_view = _suspension("unsuspend")
 
 
-@login_required
-def staff_plans_view(request):
-    _staff(request)
-    plans = access.plans_for(request.user).annotate(
-        ve_count=Count("ves", filter=~Q(ves__state="destroyed"))).order_by("name")
-    return render(request, "staff/plans.html", {"plans": plans})
-
-
-@login_required
-def staff_pools_view(request):
-    _staff(request)
-    pools = IPPool.objects.annotate(used=Count("allocations", distinct=True)).prefetch_related("nodes").order_by("name")
-    return render(request, "staff/pools.html", {"pools": pools})
-
-
-@login_required
-def staff_templates_view(request):
-    _staff(request)
-    return render(request, "staff/templates.html", {"templates": template_services.template_list()})
+# Plans, IP pools and OS templates: panel/views/staff_manage.py.
 
 
 @login_required

@@ -1,7 +1,9 @@
 """URLs of the browser panel (namespace ``panel``). Object ids in URLs are UUIDs."""
 from django.urls import path
 
-from . import accounts, jobs, staff, tenant, ves
+from . import staff_manage
+from . import staff_migrate
+from . import accounts, console, jobs, staff, tenant, ves
 
 app_name = "panel"
 
@@ -20,6 +22,10 @@ urlpatterns = [
     path("ves/<uuid:ve_id>/plan/", ves.ve_change_plan_view, name="ve-change-plan"),
     path("ves/<uuid:ve_id>/hostname/", ves.ve_hostname_view, name="ve-hostname"),
     path("ves/<uuid:ve_id>/password/", ves.ve_password_view, name="ve-password"),
+    path("ves/<uuid:ve_id>/console/", console.ve_console_view, name="ve-console"),
+    path("ves/<uuid:ve_id>/console/ticket/", console.ve_console_ticket_view, name="ve-console-ticket"),
+    path("ves/<uuid:ve_id>/console/log/", console.ve_console_log_view, name="ve-console-log"),
+    path("ves/<uuid:ve_id>/exec/", console.ve_exec_view, name="ve-exec"),
     path("jobs/", jobs.job_list_view, name="job-list"),
     path("jobs/<uuid:job_id>/", jobs.job_detail_view, name="job-detail"),
     path("jobs/<uuid:job_id>/log/", jobs.job_log_view, name="job-log"),
@@ -32,6 +38,10 @@ urlpatterns = [
     path("account/", tenant.account_view, name="account"),
     path("staff/", staff.staff_nodes_view, name="staff-nodes"),
     path("staff/ves/", staff.staff_ves_view, name="staff-ves"),
+    path("staff/ves/<uuid:ve_id>/migrate/", staff_migrate.staff_ve_migrate_view, name="staff-ve-migrate"),
+    path("staff/nodes/<int:node_id>/maintenance/", staff_migrate.staff_node_maintenance_view,
+         name="staff-node-maintenance"),
+    path("staff/nodes/<int:node_id>/drain/", staff_migrate.staff_node_drain_view, name="staff-node-drain"),
     path("staff/jobs/", staff.staff_jobs_view, name="staff-jobs"),
     path("staff/quota-requests/", staff.staff_quota_requests_view, name="staff-quota-requests"),
     path("staff/quota-requests/<uuid:request_id>/approve/", staff.staff_quota_approve_view,
@@ -43,8 +53,20 @@ urlpatterns = [
     path("staff/tenants/<uuid:tenant_id>/suspend/", staff.staff_tenant_suspend_view, name="staff-tenant-suspend"),
     path("staff/tenants/<uuid:tenant_id>/unsuspend/", staff.staff_tenant_unsuspend_view,
          name="staff-tenant-unsuspend"),
-    path("staff/plans/", staff.staff_plans_view, name="staff-plans"),
-    path("staff/pools/", staff.staff_pools_view, name="staff-pools"),
-    path("staff/templates/", staff.staff_templates_view, name="staff-templates"),
+    path("staff/plans/", staff_manage.staff_plans_view, name="staff-plans"),
+    path("staff/plans/new/", staff_manage.staff_plan_create_view, name="staff-plan-create"),
+    path("staff/plans/<slug:name>/edit/", staff_manage.staff_plan_edit_view, name="staff-plan-edit"),
+    path("staff/plans/<slug:name>/delete/", staff_manage.staff_plan_delete_view, name="staff-plan-delete"),
+    path("staff/pools/", staff_manage.staff_pools_view, name="staff-pools"),
+    path("staff/pools/new/", staff_manage.staff_pool_create_view, name="staff-pool-create"),
+    path("staff/pools/<slug:name>/edit/", staff_manage.staff_pool_edit_view, name="staff-pool-edit"),
+    path("staff/pools/<slug:name>/delete/", staff_manage.staff_pool_delete_view, name="staff-pool-delete"),
+    path("staff/templates/", staff_manage.staff_templates_view, name="staff-templates"),
+    path("staff/templates/build/", staff_manage.staff_template_build_view, name="staff-template-build"),
+    path("staff/templates/remove/", staff_manage.staff_template_remove_view, name="staff-template-remove"),
+    path("staff/templates/<str:name>/enable/", staff_manage.staff_template_enable_view,
+         name="staff-template-enable"),
+    path("staff/templates/<str:name>/disable/", staff_manage.staff_template_disable_view,
+         name="staff-template-disable"),
     path("staff/audit/", staff.staff_audit_view, name="staff-audit"),
 ]

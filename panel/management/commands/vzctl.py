@@ -4,8 +4,10 @@
     manage.py vzctl start 101
     manage.py vzctl set 101 --ram 512M --cpulimit 50
     manage.py vzctl exec 101 ps
+    manage.py vzctl enter 101       (a root shell in this terminal; vzctl console 101: the VE's tty)
     manage.py vzctl stop 101
     manage.py vzctl destroy 101
+    manage.py vzctl migrate 101 node2 [--bwlimit KBPS]
 
 A job that fails prints its reason and exits non-zero. Bare numbers for --diskspace are
 KiB, for --iolimit MB/s and for --ram/--swap bytes, as vzctl reads them; suffixes K, M, G, T
@@ -82,6 +84,12 @@ class Command(BaseCommand):
         e.add_argument("veid")
         e.add_argument("--timeout", type=int, default=60)
         e.add_argument("command", nargs=argparse.REMAINDER)
+        for name in ("enter", "console"):  # a root shell / the VE's own tty, in this terminal
+            sub.add_parser(name).add_argument("veid")
+        mg = sub.add_parser("migrate", help="move the VE to another node (running: pre-copy, short restart)")
+        mg.add_argument("veid")
+        mg.add_argument("node", help="the target node's name")
+        mg.add_argument("--bwlimit", type=int, default=0, help="cap the copy at this many KiB/s (0 = none)")
 
     def handle(self, *args, action, veid, **o):
         try:
@@ -159,6 +167,29 @@ class Command(BaseCommand):
             if job.result.get("timed_out"):
                 raise CommandError(f"command timed out after {o['timeout']}s")
             code = job.result.get("exit_code") or 0
+            if code:
+                sys.exit(code)
+            return
+        if action == "migrate":
+            from panel.services.migrations import STEP_TIMEOUT, ve_migrate
+
+            from ._cli import follow_job
+
+            self.stdout.write(f"Starting migration of VE {ve.veid} from {ve.node.name} to {o['node']}")
+            job = ve_migrate(ve=ve, target=o["node"], bwlimit=o["bwlimit"], source=source)
+            job = follow_job(self, job, timeout=STEP_TIMEOUT)
+            downtime = (job.result or {}).get("downtime_ms")
+            self.stdout.write(f"VE {ve.veid} migrated to {o['node']}"
+                              + (f" (downtime {downtime / 1000:.2f} s)" if downtime is not None else ""))
+            return
+        if action in ("enter", "console"):
+            from panel.console_cli import run_terminal
+
+            if action == "enter":
+                self.stderr.write(f"entered into VE {ve.veid}")
+            code = run_terminal(ve=ve, kind="shell" if action == "enter" else "tty", source=source)
+            if action == "enter":
+                self.stderr.write(f"exited from VE {ve.veid}")
             if code:
                 sys.exit(code)
             return

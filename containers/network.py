@@ -193,9 +193,16 @@ class HostNetwork:
             for idx in ipr.link_lookup(ifname=host_ifname(veid)):
                 _readd_nodad(ipr, idx, [])
 
-    def unplumb(self, veid: int) -> None:
-        """Remove what outlives a stopped VE's veth (the IFB device); routes die with it."""
+    def unplumb(self, veid: int, running_here: bool = True) -> None:
+        """Remove what outlives a stopped VE's veth (the IFB device); routes die with it.
+
+        ``running_here``: the VE ran on this node until now. When it did not, a ``vz<veid>``
+        link on this host belongs to another node's copy of the VE (two agents on one
+        machine, a migration between them, a stop re-sent to the source after the target
+        started): that link and its IFB are left alone."""
         with IPRoute() as ipr:
+            if not running_here and ipr.link_lookup(ifname=host_ifname(veid)):
+                return
             for name in (ifb_ifname(veid), host_ifname(veid)):
                 for idx in ipr.link_lookup(ifname=name):
                     try:

@@ -619,7 +619,8 @@ class Runtime:
     def stop(self, veid: int, log: Log, timeout: int | None = None, kill: bool = False) -> dict:
         if not self.exists(veid):
             raise RuntimeError_(f"VE {veid} does not exist on this node")
-        if self.is_running(veid):
+        was_running = self.is_running(veid)
+        if was_running:
             timeout = self.cfg.stop_timeout if timeout is None else timeout
             if kill:
                 log("Killing VE")
@@ -635,7 +636,7 @@ class Runtime:
             log("VE was stopped")
         else:
             log(f"VE {veid} is not running")
-        self.net.unplumb(veid)
+        self.net.unplumb(veid, running_here=was_running)
         self.umount(veid)
         return {"state": "stopped", "nproc": 0}
 
@@ -648,7 +649,7 @@ class Runtime:
         return {"state": "absent"}
 
     def _remove(self, veid: int) -> None:
-        self.net.unplumb(veid)
+        self.net.unplumb(veid, running_here=self.is_running(veid))
         self.umount(veid)
         for p in (self.image(veid), self.image(veid).with_suffix(".img.new"), self.spec_file(veid)):
             p.unlink(missing_ok=True)

@@ -1,7 +1,8 @@
 """Staff pages for moving VEs (issue 9): migrate one VE, a node's maintenance mode, drain.
 
-Thin views over panel/services/migrations.py; staff only (everyone else gets the staff
-area's 403 before any object is looked up, so nothing about other tenants leaks)."""
+Thin views over panel/services/migrations.py; staff only. The VE page looks the VE up
+through the one scoped door first, so another tenant's VE is a 404 like on every other
+object URL; a customer's own VE gets the staff area's 403."""
 from __future__ import annotations
 
 from django.contrib import messages
@@ -35,9 +36,9 @@ def _node(node_id) -> Node:
 @require_http_methods(["GET", "POST"])
 def staff_ve_migrate_view(request, ve_id):
     """GET: the target nodes with why each can or cannot take the VE; POST: migrate it."""
-    _staff(request)
-    with http_errors():
+    with http_errors():  # the scoped lookup first: another tenant's VE is a 404, as everywhere
         ve = access.ve_get(request.user, ve_id)
+    _staff(request)
     error = None
     if request.method == "POST":
         try:

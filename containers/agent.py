@@ -90,11 +90,12 @@ class Agent:
 
     def heartbeat(self) -> None:
         self.hb_seq += 1
+        sampled = time.time()  # before the inventory: the panel ignores it for rows changed since
         inventory = self.runtime.inventory()
         self.attach_usage(inventory)
         body = m.heartbeat_body(
             node=self.cfg.node, instance=self.instance, seq=self.hb_seq, capacity=self.capacity(),
-            inventory=inventory,
+            inventory=inventory, now=sampled,
             info={"templates": list_templates(self.cfg.templates), "started_at": self.started_at,
                   "hostname": socket.gethostname(), "kernel": os.uname().release,
                   "pool": self.runtime.pool.info(), "address": self.cfg.address, **self.node_info},

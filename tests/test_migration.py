@@ -416,7 +416,7 @@ def test_drain_empties_a_node_and_reports_what_could_not_move(stack, nodes, tena
     job = job_wait(job, timeout=600)
     assert job.state == "failed" and job.error == "not-drained"
     moved = {item["veid"] for item in job.result["moved"]}
-    assert moved == {running.veid, stopped.veid}
+    assert moved == {running.veid, stopped.veid}, log_text(job)
     assert [item["veid"] for item in job.result["failed"]] == [stuck.veid]
     assert "address pools" in job.result["failed"][0]["reason"]
     assert "2 moved, 1 could not be moved" in log_text(job)

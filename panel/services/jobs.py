@@ -322,6 +322,11 @@ def apply_heartbeat(envelope) -> str:
     return "applied heartbeat"
 
 
+# Seconds of slack between a node's clock (the inventory's sample time) and the panel's
+# (state_changed_at): a state changed this close to the sample is left to the next one.
+STALE_INVENTORY_MARGIN = 2.0
+
+
 def _apply_inventory(node: Node, inventory: list, now, sampled_at: float | None = None) -> None:
     seen = {}
     for item in inventory:
@@ -342,6 +347,11 @@ def _apply_inventory(node: Node, inventory: list, now, sampled_at: float | None 
         if item is not None and isinstance(item.get("usage"), dict):
             samples[ve.pk] = item["usage"]
         if ve.pk in busy:
+            continue
+        if (sampled_at is not None and ve.state_changed_at is not None
+                and ve.state_changed_at.timestamp() > sampled_at - STALE_INVENTORY_MARGIN):
+            # The node took this inventory before the row's last change (a job's result
+            # applied since): it is older news than the row. The next heartbeat tells.
             continue
         if item is None or item.get("state") not in ("running", "stopped"):
             state, nproc = VE.State.ERROR, None

@@ -17,8 +17,15 @@ export HAKO_BIND=${HAKO_BIND:-127.0.0.1:8000}
 LOG_DIR=$HAKO_DATA/log
 AGENT_ENV=$HAKO_DATA/node-$HAKO_NODE_NAME.env
 PY=.venv/bin/python
-[ -d "$HAKO_DATA" ] || install -d -m 0750 "$HAKO_DATA"
-mkdir -p "$LOG_DIR"
+# 0711: the VEs' unprivileged roots must traverse to their node root below (LXC refuses
+# to start otherwise); nobody may list it. What is inside and secret is 0600/0700 itself.
+[ -d "$HAKO_DATA" ] || install -d "$HAKO_DATA"
+chmod 0711 "$HAKO_DATA"
+install -d -m 0700 "$LOG_DIR"
+chmod 0700 "$LOG_DIR"
+for f in "$HAKO_DATA"/panel.sqlite3* "$HAKO_DATA"/celerybeat-schedule*; do
+    [ -e "$f" ] && chmod 0600 "$f"
+done
 
 say() { printf '[run] %s\n' "$*"; }
 
@@ -66,7 +73,8 @@ started() {   # name pid log
 
 say "node $HAKO_NODE_NAME, data $HAKO_DATA"
 say "migrating the database"
-"$PY" manage.py migrate --noinput >"$LOG_DIR/migrate.log" 2>&1 \
+# umask 077: a new SQLite database is born 0600 (its -wal and -shm files follow its mode).
+(umask 077; "$PY" manage.py migrate --noinput) >"$LOG_DIR/migrate.log" 2>&1 \
     || { cat "$LOG_DIR/migrate.log" >&2; exit 1; }
 "$PY" manage.py hako_bootstrap --node "$HAKO_NODE_NAME" --agent-env "$AGENT_ENV" \
     --node-root "$HAKO_DATA/node-$HAKO_NODE_NAME"

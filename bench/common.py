@@ -2,6 +2,9 @@
 a job that must succeed."""
 from __future__ import annotations
 
+import os
+import signal
+import sys
 import time
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -43,3 +46,25 @@ def settled(job, *, poll: float = 0.002, timeout: float = 120):
         raise BenchAbort(f"{job.kind} job {job.id} ended {job.state}: "
                          f"{job.explanation or '(no explanation: timed out waiting)'}\n{lines}")
     return job
+
+
+def not_root(script: str, why: str) -> bool:
+    """True (after saying so) when a benchmark that needs root runs without it."""
+    if os.geteuid() != 0:
+        print(f"{script} must run as root ({why})", file=sys.stderr)
+        return True
+    return False
+
+
+def interrupt_on_signals() -> None:
+    """SIGTERM and SIGHUP raise KeyboardInterrupt, so they tear down as Ctrl-C does."""
+    def _term(signum, _frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+    signal.signal(signal.SIGTERM, _term)
+    signal.signal(signal.SIGHUP, _term)
+
+
+def ignore_signals() -> None:
+    """For the cleanup: a second signal must not cut it short."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench import common  # noqa: E402
 from containers import tuning  # noqa: E402
 from containers.config import AgentConfig  # noqa: E402
 from containers.messages import VESpec  # noqa: E402
@@ -167,8 +167,7 @@ def main() -> int:
     ap.add_argument("--loop", type=int, default=3_000_000,
                     help="iterations of the CPU-bound loop (~6 s: long enough that start-up costs vanish)")
     args = ap.parse_args()
-    # A SIGTERM (or the shell tool's time limit) must still destroy the VEs started so far.
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    common.interrupt_on_signals()  # a SIGTERM must still destroy the VEs started so far
     harness.clean_node_root(ROOT)
     print(f"machine: nproc {os.cpu_count()}, kernel {os.uname().release}, "
           f"MemAvailable {mem_available() / 2**30:.1f} GiB")

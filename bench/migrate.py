@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
-import signal
 import socket
 import subprocess
 import sys
@@ -55,6 +54,7 @@ os.environ.update({
     "HAKO_ID_RANGES": "16",
 })
 
+from bench import common  # noqa: E402
 from bench.common import BenchAbort, pct, reset_database, settled  # noqa: E402
 from tests import harness  # noqa: E402
 
@@ -147,14 +147,9 @@ def main() -> int:
     ap.add_argument("--debian-runs", type=int, default=2, help="debian-12 migrations (default 2; 0 skips)")
     ap.add_argument("--data-mb", type=int, default=500, help="MB of data in the debian-12 VE (default 500)")
     args = ap.parse_args()
-    if os.geteuid() != 0:
-        print("bench/migrate.py must run as root (LXC, loop mounts, veth)", file=sys.stderr)
+    if common.not_root("bench/migrate.py", "LXC, loop mounts, veth"):
         return 2
-
-    def _term(signum, _frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-    signal.signal(signal.SIGTERM, _term)
-    signal.signal(signal.SIGHUP, _term)
+    common.interrupt_on_signals()
     procs: list[harness.Proc] = []
     harness.kill_pidfiles(PIDS)
     for name, _, _ in NODES:
@@ -274,8 +269,7 @@ def main() -> int:
         traceback.print_exc()
         return 1
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        common.ignore_signals()
         for p in reversed(procs):
             p.stop()
         for name, _, _ in NODES:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import time
@@ -55,6 +54,7 @@ os.environ.update({
     "HAKO_ID_RANGES": "8",
 })
 
+from bench import common  # noqa: E402
 from bench.common import BenchAbort, pct, reset_database, settled  # noqa: E402
 from tests import harness  # noqa: E402
 
@@ -186,17 +186,12 @@ def main() -> int:
                     help="job_wait poll interval in seconds (default 0.002; the sampling error of the "
                          "observer, not a cost of the pipeline, so keep it small)")
     args = ap.parse_args()
-    if os.geteuid() != 0:
-        print("bench/pipeline.py must run as root (LXC, loop mounts)", file=sys.stderr)
+    if common.not_root("bench/pipeline.py", "LXC, loop mounts"):
         return 2
     if args.runs < 1:
         ap.error("--runs must be at least 1")
 
-    # SIGTERM/SIGHUP tear down like Ctrl-C does.
-    def _term(signum, _frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-    signal.signal(signal.SIGTERM, _term)
-    signal.signal(signal.SIGHUP, _term)
+    common.interrupt_on_signals()
 
     procs: list[harness.Proc] = []
     print("bench: cleaning leftovers of earlier bench runs", flush=True)
@@ -273,8 +268,7 @@ def main() -> int:
         print(f"bench: interrupted ({e or 'Ctrl-C'}), cleaning up", file=sys.stderr)
         return 130
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second signal must not cut cleanup short
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        common.ignore_signals()
         for p in reversed(procs):
             p.stop()
         for root in (PIPE_ROOT, DIRECT_ROOT):

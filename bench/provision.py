@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import time
@@ -49,6 +48,7 @@ os.environ.update({
     "HAKO_ID_RANGES": "16",
 })
 
+from bench import common  # noqa: E402
 from bench.common import BenchAbort, pct, reset_database, settled  # noqa: E402
 from tests import harness  # noqa: E402
 
@@ -112,14 +112,9 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=20, help="busybox runs (default 20)")
     ap.add_argument("--debian-runs", type=int, default=10, help="debian-12 runs (default 10; 0 skips)")
     args = ap.parse_args()
-    if os.geteuid() != 0:
-        print("bench/provision.py must run as root (LXC, loop mounts)", file=sys.stderr)
+    if common.not_root("bench/provision.py", "LXC, loop mounts"):
         return 2
-
-    def _term(signum, _frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-    signal.signal(signal.SIGTERM, _term)
-    signal.signal(signal.SIGHUP, _term)
+    common.interrupt_on_signals()
     procs: list[harness.Proc] = []
     kill_own_leftovers()
     harness.clean_node_root(ROOT)
@@ -221,8 +216,7 @@ def main() -> int:
         print(f"bench: interrupted ({e}), cleaning up", file=sys.stderr)
         return 130
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        common.ignore_signals()
         for p in reversed(procs):
             p.stop()
         harness.clean_node_root(ROOT)

@@ -323,7 +323,8 @@ def test_source_agent_killed_after_the_stop_ends_with_one_running_copy(stack, no
     else:
         assert where[NODE_B]["image"] is False
     assert data_sums(ve) == sums
-    wait_for(lambda: pings(ve.addresses[0]), 20, what="the VE's address answering")
+    # The agent restarted meanwhile: allow for its re-plumbing on a loaded machine.
+    wait_for(lambda: pings(ve.addresses[0]), 60, what="the VE's address answering")
 
 
 def test_target_disk_full_rolls_back(stack, nodes, tenant):

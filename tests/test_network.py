@@ -2,6 +2,7 @@
 live --ipadd/--ipdel, traffic counters, shaping. Traffic goes only to addresses inside the
 VEs these tests create (198.18.10.0/24, fd00:10::/64), routed only inside this machine."""
 import concurrent.futures
+import socket
 import subprocess
 import time
 import urllib.request
@@ -118,9 +119,19 @@ def test_ipadd_and_ipdel_take_effect_live_and_destroy_leaves_nothing(stack, node
 
 
 @pytest.mark.integration
+def _connects(address: str, port: int) -> bool:
+    try:
+        socket.create_connection((address, port), timeout=2).close()
+        return True
+    except OSError:
+        return False
+
+
 def test_traffic_counters_and_shaping(stack, node, tenant, pools):
     a = started(tenant)
     sh(a, "mkdir -p /www && head -c 2000000 /dev/zero > /www/blob && httpd -p 80 -h /www")
+    # A port is only proven open by a connect from where the client will be.
+    wait_for(lambda: _connects(a.addresses[0], 80), 15, what="httpd in the VE accepting from the host")
     before = VE.objects.get(pk=a.pk).traffic.get("out_bytes", 0)
     data = urllib.request.urlopen(f"http://{a.addresses[0]}/blob", timeout=30).read()
     assert len(data) == 2_000_000

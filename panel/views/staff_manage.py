@@ -45,6 +45,21 @@ def _call(form, fn, **kwargs):
 
 # --- plans -----------------------------------------------------------------------------------
 
+def _delete(request, delete, back: str, done: str, **obj):
+    """Run a staff delete service; a refusal (in use, allocated) is a message on the list
+    page, a missing object or a non-staff user the usual 404/403."""
+    with http_errors():
+        try:
+            delete(actor=request.user, source="web", **obj)
+        except (NotFound, Forbidden):
+            raise
+        except ServiceError as e:
+            messages.error(request, e.message)
+        else:
+            messages.success(request, done)
+    return redirect(back)
+
+
 @login_required
 def staff_plans_view(request):
     """Every plan (disabled ones too) with the number of VEs on it."""
@@ -98,16 +113,8 @@ def staff_plan_edit_view(request, name):
 def staff_plan_delete_view(request, name):
     """Delete a plan that no VE uses (``plan_delete``); one in use is disabled instead."""
     plan = _plan(request, name)
-    with http_errors():
-        try:
-            plan_services.plan_delete(plan=plan, actor=request.user, source="web")
-        except (NotFound, Forbidden):
-            raise
-        except ServiceError as e:
-            messages.error(request, e.message)
-        else:
-            messages.success(request, _("Plan %(name)s was deleted.") % {"name": plan.name})
-    return redirect("panel:staff-plans")
+    return _delete(request, plan_services.plan_delete, "panel:staff-plans",
+                   _("Plan %(name)s was deleted.") % {"name": plan.name}, plan=plan)
 
 
 # --- IP pools --------------------------------------------------------------------------------
@@ -168,16 +175,8 @@ def staff_pool_edit_view(request, name):
 def staff_pool_delete_view(request, name):
     """Delete a pool from which no address is allocated (``pool_delete``)."""
     pool = _pool(request, name)
-    with http_errors():
-        try:
-            network_services.pool_delete(pool=pool, actor=request.user, source="web")
-        except (NotFound, Forbidden):
-            raise
-        except ServiceError as e:
-            messages.error(request, e.message)
-        else:
-            messages.success(request, _("IP pool %(name)s was deleted.") % {"name": pool.name})
-    return redirect("panel:staff-pools")
+    return _delete(request, network_services.pool_delete, "panel:staff-pools",
+                   _("IP pool %(name)s was deleted.") % {"name": pool.name}, pool=pool)
 
 
 # --- OS templates ----------------------------------------------------------------------------

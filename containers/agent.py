@@ -332,10 +332,12 @@ class Agent:
         archive, built = build_template(self.cfg.templates, name, log_line, self.cfg.debian_mirror)
         if not built:
             log_line(f"OS template {name} is in this node's template cache already")
-        golden = None
+        golden = lower = None
+        if self.cfg.ve_roots == "layered":
+            lower = self.runtime.ensure_lower(name, archive, log_line)
         if self.runtime.pool.clone_ok:
             golden = self.runtime.pool.ensure_base(name, archive, log_line).name
-        return {"template": name, "built": built, "size": archive.stat().st_size, "golden": golden,
+        return {"template": name, "built": built, "size": archive.stat().st_size, "golden": golden, "lower": lower,
                 "seconds": round(time.monotonic() - t0, 1), "templates": list_templates(self.cfg.templates)}
 
     def template_remove(self, args: dict, log_line) -> dict:
@@ -350,20 +352,31 @@ class Agent:
                  else f"OS template {name} was not in the template cache")
         if dropped:
             log_line(f"Removed {dropped} golden image(s) of {name}")
+        # Its shared layer goes too, unless VEs run over it (they keep it until destroyed).
+        for layer in self.runtime.prune_lowers():
+            log_line(f"Removed the shared layer {layer}")
         return {"template": name, "removed": existed, "templates": list_templates(self.cfg.templates)}
 
     def prepare_host(self) -> None:
-        """Before taking work: raise the kernel limits that cap density, mount the storage
-        pool and make the golden images of the cached templates."""
+        """Before taking work: raise the kernel limits that cap density, unpack the cached
+        templates' shared layers (layered roots), mount the storage pool and make the
+        golden images of the cached templates (flat roots)."""
         self.node_info.update(tuning.tune_node())
         log.info("tuning: %s", " ".join(f"{k}={v}" for k, v in self.node_info["tuning"].items()))
+        if self.cfg.ve_roots == "layered":
+            for name in list_templates(self.cfg.templates):
+                try:
+                    self.runtime.ensure_lower(name, template_paths(self.cfg.templates, name)[0],
+                                              lambda msg: log.info("layers: %s", msg))
+                except (RuntimeError_, OSError) as e:
+                    log.warning("layers: no shared layer for %s: %s", name, e)
         try:
             info = self.runtime.pool.prepare()
         except (PoolError, OSError) as e:
             log.error("storage pool unusable, VE disks are made with mkfs + tar: %s", e)
             return
         log.info("storage pool: %s", info)
-        if self.runtime.pool.clone_ok:
+        if self.runtime.pool.clone_ok and self.cfg.ve_roots == "flat":
             for name in list_templates(self.cfg.templates):
                 try:
                     self.runtime.pool.ensure_base(name, template_paths(self.cfg.templates, name)[0],

@@ -73,6 +73,13 @@ def _address() -> str:
     return str(addr)
 
 
+def _ve_roots() -> str:
+    raw = os.environ.get("HAKO_VE_ROOTS", "") or "layered"
+    if raw not in ("layered", "flat"):
+        raise ConfigError("HAKO_VE_ROOTS must be 'layered' or 'flat'")
+    return raw
+
+
 def _mirror() -> str:
     raw = os.environ.get("HAKO_DEBIAN_MIRROR", "") or "http://deb.debian.org/debian"
     if not re.fullmatch(r"https?://[A-Za-z0-9.-]+(:\d{1,5})?(/[A-Za-z0-9._~/-]*)?", raw):
@@ -103,6 +110,10 @@ class AgentConfig:
     # daemon per incoming VE) binds to it and outgoing copies leave from it. The panel learns
     # it from the heartbeat. Empty: this node cannot send or receive migrations.
     address: str = ""
+    # New VEs' roots (DESIGN.md, "Layered roots"): "layered" (a shared read-only tree per
+    # template under the VE's own upper layer on its image: the template's files are cached
+    # once per node, not once per VE) or "flat" (the whole root on the VE's image).
+    ve_roots: str = "layered"
 
     @property
     def pool_dir(self) -> Path | None:
@@ -125,6 +136,21 @@ class AgentConfig:
     @property
     def mounts(self) -> Path:
         return self.root / "mnt"
+
+    @property
+    def disks(self) -> Path:
+        """Where a layered VE's image is mounted raw (its upper and work directories)."""
+        return self.root / "disk"
+
+    @property
+    def lowers(self) -> Path:
+        """The templates' shared read-only trees, one per template build."""
+        return self.root / "lower"
+
+    @property
+    def stage(self) -> Path:
+        """Where a layered VE's idmapped layers are attached while its overlay is made."""
+        return self.root / "stage"
 
     @property
     def templates(self) -> Path:
@@ -161,10 +187,12 @@ class AgentConfig:
             pool_size=_size("HAKO_POOL_SIZE"),
             debian_mirror=_mirror(),
             address=_address(),
+            ve_roots=_ve_roots(),
         )
 
     def ensure_dirs(self) -> None:
-        for p in (self.root, self.lxcpath, self.images, self.mounts, self.templates,
+        for p in (self.root, self.lxcpath, self.images, self.mounts, self.templates, self.disks,
+                  self.lowers, self.stage,
                   self.state, self.state / "ves", self.state / "journal", self.state / "migrations"):
             p.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o711)

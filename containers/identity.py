@@ -140,7 +140,7 @@ def set_root_password(root: Path, password_hash: str) -> None:
                       dir_fd=dfd)
         try:
             try:
-                os.fchown(tfd, 0, st.st_gid)  # Debian: root:shadow 0640
+                os.fchown(tfd, st.st_uid, st.st_gid)  # as it was (Debian: root:shadow 0640)
                 os.fchmod(tfd, stat.S_IMODE(st.st_mode))
                 payload = b"\n".join(lines) + b"\n"
                 while payload:

@@ -46,6 +46,9 @@ Log = Callable[[str], None]
 
 RSYNC_USER = "hako"
 RSYNC_MODULE = "ve"
+# A template's shared layer, sent once to a node that lacks it (layered VEs).
+RSYNC_LOWER_MODULE = "lower"
+LAYER_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}\.[0-9a-f]{1,16}-[0-9a-f]{1,16}$")
 # rsync flags shared by every pass: archive, hard links, ACLs, xattrs, sparse files,
 # numeric ids (the VE's ids mean nothing on the host), deletions mirrored.
 RSYNC_FLAGS = ["-aHAXS", "--numeric-ids", "--delete"]
@@ -84,6 +87,9 @@ class Migrations:
     # --- bookkeeping -------------------------------------------------------------------
     def marker(self, veid: int) -> Path:
         return self.dir / f"{veid}.json"
+
+    def incoming_lower(self, migration: str) -> Path:
+        return self.cfg.lowers / f".incoming-{migration}"
 
     def workdir(self, migration: str) -> Path:
         return self.dir / migration
@@ -177,6 +183,15 @@ class Migrations:
             f"secrets file = {secrets_file}",
             "strict modes = yes",
             f"hosts allow = {source}",
+            # Where a template layer this node lacks arrives (finish() puts it in place).
+            f"[{RSYNC_LOWER_MODULE}]",
+            f"path = {self.incoming_lower(migration)}",
+            "read only = no",
+            "list = no",
+            f"auth users = {RSYNC_USER}",
+            f"secrets file = {secrets_file}",
+            "strict modes = yes",
+            f"hosts allow = {source}",
             "",
         ]))
         for attempt in range(5):
@@ -238,13 +253,18 @@ class Migrations:
                                 f"on node {self.cfg.node}")
         # The marker first: whatever happens next, a cleanup knows this copy is incoming.
         self.write_marker(veid, {"migration": migration, "state": "receiving", "since": time.time()})
+        # What arrives is a flat root or a layered VE's raw disk; finish() tells which.
+        self.rt.layer_file(veid).unlink(missing_ok=True)
         if not self.rt.exists(veid):
             log(f"Creating VE private area ({spec.disk // (1024 * 1024)}M ext4 image) on {self.cfg.node}")
             self.rt.make_disk(spec)
         self.rt.mount(veid)
+        self.incoming_lower(migration).mkdir(mode=0o700, parents=True, exist_ok=True)
         port = self._start_daemon(migration, self.rt.mountpoint(veid), secret, source)
         log(f"Migration endpoint listening on {_host(self.cfg.address)}:{port}")
-        return {"address": self.cfg.address, "port": port, "state": "receiving"}
+        layers = sorted(p.name for p in self.cfg.lowers.iterdir() if LAYER_RE.match(p.name)) \
+            if self.cfg.lowers.is_dir() else []
+        return {"address": self.cfg.address, "port": port, "state": "receiving", "layers": layers[:64]}
 
     def send(self, job: m.JobMessage, log: Log) -> dict:
         """Push the VE's disk to the target's endpoint: ``precopy`` (VE keeps running) or
@@ -268,9 +288,19 @@ class Migrations:
         self.need_address()
         if not self.rt.exists(veid):
             raise RuntimeError_(f"VE {veid} does not exist on node {self.cfg.node}")
+        target_layers = job.args.get("target_layers", [])
+        if not isinstance(target_layers, list) or len(target_layers) > 64 or not all(
+                isinstance(x, str) and LAYER_RE.match(x) for x in target_layers):
+            raise RuntimeError_("refused: target_layers must be a list of layer names")
         url = f"rsync://{RSYNC_USER}@{_host(target)}:{port}/{RSYNC_MODULE}/"
         running = self.rt.is_running(veid)
         out: dict = {"migration": migration, "phase": phase, "was_running": running}
+        layer = self.rt.layer_of(veid)
+        # A layered VE needs its template layer on the target: sent once per node, while
+        # the VE runs (pre-copy), or with the copy of a stopped VE.
+        if layer and layer not in target_layers and (phase == "precopy" or not running):
+            self._send_layer(veid, layer, f"rsync://{RSYNC_USER}@{_host(target)}:{port}/{RSYNC_LOWER_MODULE}/",
+                             secret, log, bwlimit)
         if phase == "precopy":
             if not running:
                 log("VE is not running: no pre-copy needed")
@@ -308,11 +338,23 @@ class Migrations:
                                     f"first: {mismatch[0][:200]}")
             log(f"Verified: every file's checksum matches on the target ({out['verify_seconds']:.2f}s)")
             out["verified"] = True
+            # Its network is torn down before the target may start it (both may share a host).
+            self.rt.wait_monitor_gone(veid)
         finally:
             if mounted_here or not self.rt.is_running(veid):
                 self.rt.umount(veid)
         out["state"] = "stopped"
         return out
+
+    def _send_layer(self, veid: int, layer: str, url: str, secret: str, log: Log, bwlimit: int) -> None:
+        src = self.rt._lower(layer)
+        log(f"Sending the shared layer {layer} (the target node does not have it yet)")
+        self._rsync(veid, url, secret, log, bwlimit, src_dir=src)
+        mismatch = self._verify(veid, url, secret, src_dir=src)
+        if mismatch:
+            raise RuntimeError_(f"verification of the layer found {len(mismatch)} difference(s), "
+                                f"first: {mismatch[0][:200]}")
+        log(f"Layer {layer} verified on the target")
 
     def _wait_released(self, veid: int, timeout: float = 120) -> None:
         """Wait until no loop device holds the VE's image any more.
@@ -330,8 +372,8 @@ class Migrations:
                                     "not copying from it")
             time.sleep(0.1)
 
-    def _rsync_argv(self, veid: int, url: str, extra: list[str]) -> list[str]:
-        src = f"{self.rt.mountpoint(veid)}/"
+    def _rsync_argv(self, veid: int, url: str, extra: list[str], src_dir: Path | None = None) -> list[str]:
+        src = f"{src_dir or self.rt.sync_root(veid)}/"
         return ["rsync", *RSYNC_FLAGS, f"--address={self.cfg.address}", "--timeout=60", "--contimeout=15",
                 *extra, src, url]
 
@@ -340,18 +382,19 @@ class Migrations:
         return {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "RSYNC_PASSWORD": secret,
                 "LC_ALL": "C"}
 
-    def _rsync(self, veid: int, url: str, secret: str, log: Log, bwlimit: int) -> dict:
+    def _rsync(self, veid: int, url: str, secret: str, log: Log, bwlimit: int, src_dir: Path | None = None) -> dict:
         """One pass; progress lines (bytes) into the job log at most once a second."""
         extra = ["--info=progress2", "--stats", "--no-inc-recursive"]
         if bwlimit:
             extra.append(f"--bwlimit={bwlimit}")
-        argv = self._rsync_argv(veid, url, extra)
+        argv = self._rsync_argv(veid, url, extra, src_dir)
         t0 = time.monotonic()
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 env=self._env(secret), cwd="/")
         err_lines: list[str] = []
-        threading.Thread(target=lambda: err_lines.extend(proc.stderr.read().decode(errors="replace")
-                                                         .splitlines()), daemon=True).start()
+        err_reader = threading.Thread(target=lambda: err_lines.extend(proc.stderr.read().decode(errors="replace")
+                                                                      .splitlines()), daemon=True)
+        err_reader.start()
         buf, stats, shown, last = b"", {}, 0.0, ""
         while True:
             chunk = proc.stdout.read1(4096) if hasattr(proc.stdout, "read1") else proc.stdout.read(4096)
@@ -373,6 +416,7 @@ class Migrations:
                     k, _, v = line.partition(":")
                     stats[k.strip()] = v.strip()
         rc = proc.wait()
+        err_reader.join(timeout=10)  # rsync's last words explain the exit code
         seconds = time.monotonic() - t0
         if rc != 0:
             tail = [line for line in err_lines if line.strip()]
@@ -393,9 +437,10 @@ class Migrations:
                 f"{seconds:.2f}s")
         return {"bytes": literal, "bytes_sent": sent, "total_bytes": total, "copy_seconds": round(seconds, 3)}
 
-    def _verify(self, veid: int, url: str, secret: str) -> list[str]:
+    def _verify(self, veid: int, url: str, secret: str, src_dir: Path | None = None) -> list[str]:
         """A --checksum dry run against the target: every difference it would fix."""
-        argv = self._rsync_argv(veid, url, ["--checksum", "--dry-run", "--itemize-changes", "--out-format=%i %n"])
+        argv = self._rsync_argv(veid, url, ["--checksum", "--dry-run", "--itemize-changes", "--out-format=%i %n"],
+                                src_dir)
         proc = subprocess.run(argv, capture_output=True, timeout=3600, env=self._env(secret), cwd="/")
         if proc.returncode != 0:
             tail = proc.stderr.decode(errors="replace").strip().splitlines()
@@ -421,6 +466,14 @@ class Migrations:
                 raise RuntimeError_(f"the copy could not be written to disk on {self.cfg.node}: "
                                     f"{proc.stderr.decode(errors='replace').strip()[:200] or 'sync failed'}")
             self.fault("migrate_finish")()
+            try:
+                layer = self.rt.adopt_layer(veid, incoming=self.incoming_lower(migration))
+            except RuntimeError_ as e:
+                raise RuntimeError_(f"{e}: build the VE's template there first") from None
+            if layer:
+                # Received raw: mounted again as the layered root it is at the start.
+                self.rt.umount(veid)
+                log(f"VE {veid} runs over the shared layer {layer}")
             self.rt.save_spec(spec, job.generation)
             self.write_marker(veid, {**mark, "state": "finished"})
         out: dict = {"migration": migration}
@@ -475,18 +528,12 @@ class Migrations:
         """Delete a copy that does not run here: disk, spec, LXC dir. Not Runtime._remove:
         that also deletes the host interface ``vz<veid>``, which belongs to the VE running on
         the other node when both nodes share a host (tests) and must not be touched."""
-        self.rt.umount(veid)
-        for p in (self.rt.image(veid), self.rt.image(veid).with_suffix(".img.new"), self.rt.spec_file(veid)):
-            p.unlink(missing_ok=True)
-        import shutil
-
-        shutil.rmtree(self.rt.ctdir(veid), ignore_errors=True)
-        try:
-            self.rt.mountpoint(veid).rmdir()
-        except (FileNotFoundError, OSError):
-            pass
+        self.rt.remove_disk(veid)
 
     def _drop_workdir(self, migration: str) -> None:
+        import shutil
+
+        shutil.rmtree(self.incoming_lower(migration), ignore_errors=True)
         work = self.workdir(migration)
         self.stop_daemon(migration)
         for p in work.glob("*") if work.is_dir() else []:

@@ -7,6 +7,10 @@ Layout under the agent's root (see :mod:`containers.config`):
 * ``mnt/<veid>``          where that image is mounted; LXC gets it as a ``dir:`` rootfs with
                           ``idmap=container`` so files stay unshifted on disk while the VE
                           runs in its own id range (DESIGN.md, "A provisioning path");
+* layered VEs (the default, :mod:`containers.layers`): the image holds ``upper/`` and
+  ``work/``, is mounted raw at ``disk/<veid>``, and ``mnt/<veid>`` is an overlay of the
+  template's shared tree ``lower/<template>.<stamp>`` and that upper layer: idmapped to
+  the VE's range while it runs (LXC takes it as it is), raw for offline work;
 * ``lxc/<veid>/config``   Hako's own LXC config, rewritten from the spec at every start;
 * ``state/ves/<veid>.json`` the last spec applied, for inventory and start-on-boot.
 
@@ -25,8 +29,10 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import threading
+
 from . import network
-from . import identity, storage
+from . import identity, layers, storage
 from .config import AgentConfig
 from .messages import IDMAP_SIZE, VESpec
 from .templates import boot_meta, template_meta, template_paths
@@ -36,6 +42,9 @@ Log = Callable[[str], None]
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 CPU_PERIOD_US = 100_000
 EXEC_OUTPUT_LIMIT = 64 * 1024
+# At the root of a layered VE's image, beside upper/ and work/: the name of the lower
+# layer (template build) it was made over. It travels with the disk when the VE migrates.
+LAYER_MARK = "hako-layer"
 
 
 class RuntimeError_(RuntimeError):
@@ -170,6 +179,9 @@ class Runtime:
         self.cgroup_dir = f"hako.{cfg.node}"
         self.net = network.HostNetwork()
         self.pool = storage.Pool(cfg)
+        self._lower_lock = threading.Lock()
+        # LXC monitors of VEs just stopped, still tearing down (see wait_monitor_gone).
+        self._exiting_monitors: dict[int, tuple[int, str]] = {}
 
     # --- paths -----------------------------------------------------------------------
     def image(self, veid: int) -> Path:
@@ -183,6 +195,25 @@ class Runtime:
 
     def spec_file(self, veid: int) -> Path:
         return self.cfg.state / "ves" / f"{veid}.json"
+
+    def disk_dir(self, veid: int) -> Path:
+        """Where a layered VE's image is mounted raw; its upper layer is ``upper/`` there."""
+        return self.cfg.disks / str(veid)
+
+    def layer_file(self, veid: int) -> Path:
+        return self.cfg.state / "ves" / f"{veid}.layer"
+
+    def layer_of(self, veid: int) -> str | None:
+        """The lower layer a layered VE was made over; None for a flat VE."""
+        try:
+            return self.layer_file(veid).read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
+    def sync_root(self, veid: int) -> Path:
+        """What a migration copies: a flat VE's root, or a layered VE's raw disk (its upper
+        and work directories and the layer mark; the target has the same lower layer)."""
+        return self.disk_dir(veid) if self.layer_of(veid) else self.mountpoint(veid)
 
     def lxc(self, tool: str, veid: int, *extra: str) -> list[str]:
         return [f"lxc-{tool}", "-P", str(self.cfg.lxcpath), "-n", str(veid), *extra]
@@ -306,26 +337,148 @@ class Runtime:
     def is_mounted(self, veid: int) -> bool:
         return os.path.ismount(self.mountpoint(veid))
 
+    def _run_view_mounted(self, veid: int) -> bool:
+        """Whether ``mnt/<veid>`` is a layered VE's idmapped (running) view: there the root
+        directory's owner is a host id of the VE's range, in the raw view an on-disk id."""
+        try:
+            return os.stat(self.mountpoint(veid)).st_uid >= IDMAP_SIZE
+        except OSError:
+            return False
+
     def mount(self, veid: int) -> None:
+        """Mount the VE's root at ``mnt/<veid>`` for work from the host, ids unshifted: a
+        flat VE's image, or a layered VE's raw overlay. Not for a running layered VE."""
+        layer = self.layer_of(veid)
         if self.is_mounted(veid):
-            return
+            if layer is None or not self._run_view_mounted(veid):
+                return
+            self._umount_path(self.mountpoint(veid))  # a stopped VE's running view
         mnt = self.mountpoint(veid)
         mnt.mkdir(parents=True, exist_ok=True)
+        if layer is None:
+            try:
+                storage.mount_image(self.image(veid), mnt)
+            except storage.PoolError as e:
+                raise RuntimeError_(f"cannot mount the disk of VE {veid}: {e}") from None
+            return
+        disk = self._mount_disk(veid)
         try:
-            storage.mount_image(self.image(veid), mnt)
-        except storage.PoolError as e:
-            raise RuntimeError_(f"cannot mount the disk of VE {veid}: {e}") from None
+            layers.mount_overlay(self._lower(layer), disk / "upper", disk / "work", mnt)
+        except layers.LayerError as e:
+            raise RuntimeError_(f"cannot mount the root of VE {veid}: {e}") from None
+
+    def mount_for_run(self, spec: VESpec) -> None:
+        """Mount the root LXC starts the VE on: a flat VE's image (LXC idmaps it), or a
+        layered VE's overlay made of idmapped layers, created with the VE root's ids."""
+        veid = spec.veid
+        layer = self.layer_of(veid)
+        if layer is None:
+            return self.mount(veid)
+        if self.is_mounted(veid):
+            if self._run_view_mounted(veid):
+                return
+            self._umount_path(self.mountpoint(veid))
+        lower, disk = self._lower(layer), self._mount_disk(veid)
+        stage = self.cfg.stage / str(veid)
+        for sub in ("lower", "disk"):
+            layers.detach(stage / sub)  # a crashed start's leftovers
+            (stage / sub).mkdir(parents=True, exist_ok=True)
+        self.mountpoint(veid).mkdir(parents=True, exist_ok=True)
+        try:
+            ns = layers.userns_fd(spec.uid_base, IDMAP_SIZE)
+            try:
+                layers.idmapped_mount(lower, stage / "lower", ns)
+                layers.idmapped_mount(disk, stage / "disk", ns)
+            finally:
+                os.close(ns)
+            layers.mount_overlay(stage / "lower", stage / "disk" / "upper", stage / "disk" / "work",
+                                 self.mountpoint(veid), fs_id=spec.uid_base)
+        except layers.LayerError as e:
+            raise RuntimeError_(f"cannot mount the root of VE {veid}: {e}") from None
+        finally:
+            # The overlay holds its own clones of the layers: the staging mounts can go.
+            for sub in ("lower", "disk"):
+                layers.detach(stage / sub)
+
+    def _mount_disk(self, veid: int) -> Path:
+        """A layered VE's image, mounted raw at ``disk/<veid>``."""
+        disk = self.disk_dir(veid)
+        if not os.path.ismount(disk):
+            disk.mkdir(parents=True, exist_ok=True)
+            try:
+                storage.mount_image(self.image(veid), disk)
+            except storage.PoolError as e:
+                raise RuntimeError_(f"cannot mount the disk of VE {veid}: {e}") from None
+        return disk
 
     def umount(self, veid: int) -> None:
-        mnt = self.mountpoint(veid)
+        """Unmount the VE's root and, for a layered VE, its raw disk."""
+        self._umount_path(self.mountpoint(veid))
+        self._umount_path(self.disk_dir(veid))
+
+    @staticmethod
+    def _umount_path(path: Path) -> None:
         for attempt in range(20):
-            if not self.is_mounted(veid):
+            if not os.path.ismount(path):
                 return
-            proc = _run(["umount", str(mnt)], check=False)
+            proc = _run(["umount", str(path)], check=False)
             if proc.returncode == 0:
                 return
             time.sleep(0.1)
-        _run(["umount", "-l", str(mnt)])
+        _run(["umount", "-l", str(path)])
+
+    # --- shared lower layers ----------------------------------------------------------
+    def _lower(self, layer: str) -> Path:
+        path = self.cfg.lowers / layer
+        if not path.is_dir():
+            raise RuntimeError_(f"the template layer {layer} is missing on node {self.cfg.node}")
+        return path
+
+    def ensure_lower(self, template: str, archive: Path, log: Log = lambda _: None) -> str:
+        """The shared read-only tree of a template build, unpacked once per node; its name
+        (``<template>.<stamp>``) is what VEs made over it record."""
+        layer = f"{template}.{storage.Pool._stamp(archive)}"
+        path = self.cfg.lowers / layer
+        if path.is_dir():
+            return layer
+        with self._lower_lock:
+            if path.is_dir():
+                return layer
+            log(f"Unpacking OS template {template} as a shared layer (once per template build)")
+            tmp = self.cfg.lowers / f".{layer}.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            try:
+                _run(["tar", "--numeric-owner", "-xpf", str(archive), "-C", str(tmp)], timeout=900)
+                os.chmod(tmp, 0o755)
+                os.rename(tmp, path)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+        self.prune_lowers()
+        return layer
+
+    def prune_lowers(self) -> list[str]:
+        """Delete lower layers no VE on this node uses and no cached template provides
+        any more (a rebuilt or removed template); a layer in use is never touched."""
+        from .templates import template_paths as _paths
+
+        used = {self.layer_of(v) for v in self.known_veids()}
+        removed = []
+        with self._lower_lock:
+            for path in self.cfg.lowers.iterdir() if self.cfg.lowers.is_dir() else []:
+                if path.name.startswith(".") or path.name in used:
+                    continue
+                template = path.name.rsplit(".", 1)[0]
+                try:
+                    archive, _ = _paths(self.cfg.templates, template)
+                    current = archive.exists() and f"{template}.{storage.Pool._stamp(archive)}" == path.name
+                except Exception:
+                    current = False
+                if not current:
+                    shutil.rmtree(path, ignore_errors=True)
+                    removed.append(path.name)
+        return removed
 
     def make_disk(self, spec: VESpec) -> None:
         img = self.image(spec.veid)
@@ -335,7 +488,7 @@ class Runtime:
         os.chmod(tmp, 0o600)  # the VE's data: root only
         # -m 0: no reserved blocks, so the VE gets exactly the size it pays for; lazy init
         # keeps mkfs at a few milliseconds for any size.
-        _run(["mkfs.ext4", "-q", "-F", "-m", "0", "-E",
+        _run(["mkfs.ext4", "-q", "-F", "-m", "0", "-T", "default", "-E",
               "lazy_itable_init=1,lazy_journal_init=1,nodiscard", "-L", f"ve{spec.veid}", str(tmp)])
         os.replace(tmp, img)
 
@@ -385,9 +538,10 @@ class Runtime:
 
     def disk_devnum(self, veid: int) -> str:
         """``MAJ:MIN`` of the VE's own disk while it is mounted (its loop device)."""
-        if not self.is_mounted(veid):
+        where = self.disk_dir(veid) if self.layer_of(veid) else self.mountpoint(veid)
+        if not os.path.ismount(where):
             raise RuntimeError_(f"the disk of VE {veid} is not mounted")
-        dev = os.stat(self.mountpoint(veid)).st_dev
+        dev = os.stat(where).st_dev
         return f"{os.major(dev)}:{os.minor(dev)}"
 
     def apply_io_limits(self, spec: VESpec) -> None:
@@ -435,7 +589,8 @@ class Runtime:
             "lxc.include = /usr/share/lxc/config/common.conf",
             f"lxc.uts.name = {spec.hostname}",
             f"lxc.rootfs.path = dir:{self.mountpoint(spec.veid)}",
-            "lxc.rootfs.options = idmap=container",
+            # A layered root is idmapped already (its layers are); a flat one LXC idmaps.
+            *([] if self.layer_of(spec.veid) else ["lxc.rootfs.options = idmap=container"]),
             f"lxc.idmap = u 0 {base} {IDMAP_SIZE}",
             f"lxc.idmap = g 0 {base} {IDMAP_SIZE}",
             *network.lxc_config_lines(spec.veid, list(spec.addresses)),
@@ -493,14 +648,27 @@ class Runtime:
             raise RuntimeError_(f"id range {spec.uid_base}+{IDMAP_SIZE} is outside root's subordinate ids")
         archive, _ = template_paths(self.cfg.templates, spec.template)
         template_meta(self.cfg.templates, spec.template)  # raises if missing
-        cloned = self.clone_disk(spec, archive, log)
-        if not cloned:
-            log(f"Creating VE private area ({spec.disk // (1024 * 1024)}M ext4 image)")
+        # Mounts of an earlier VE with this VEID (a killed run's leftovers) must not be
+        # taken for this one's.
+        if not self.exists(spec.veid):
+            self.umount(spec.veid)
+        layer = self.ensure_lower(spec.template, archive, log) if self.cfg.ve_roots == "layered" else None
+        cloned = False
+        if layer:
+            log(f"Creating VE private area ({spec.disk // (1024 * 1024)}M ext4 image over the shared "
+                f"{spec.template} layer)")
             self.make_disk(spec)
+        else:
+            cloned = self.clone_disk(spec, archive, log)
+            if not cloned:
+                log(f"Creating VE private area ({spec.disk // (1024 * 1024)}M ext4 image)")
+                self.make_disk(spec)
         try:
+            if layer:
+                self._init_layered_disk(spec.veid, layer)
             self.mount(spec.veid)
             fault()
-            if not cloned:
+            if not cloned and not layer:
                 log(f"Unpacking OS template {spec.template}")
                 _run(["tar", "--numeric-owner", "-xpf", str(archive), "-C", str(self.mountpoint(spec.veid))],
                      timeout=600)
@@ -521,6 +689,43 @@ class Runtime:
                 self.umount(spec.veid)
         log(f"VE {spec.veid} created")
         return {"state": "stopped"}
+
+    def _init_layered_disk(self, veid: int, layer: str) -> None:
+        """Lay out a new image for a layered root: ``upper/`` (the VE's changes), ``work/``
+        (overlayfs's scratch space) and the layer mark; then record the layer."""
+        disk = self._mount_disk(veid)
+        (disk / "upper").mkdir(mode=0o755, exist_ok=True)
+        (disk / "work").mkdir(mode=0o700, exist_ok=True)
+        (disk / LAYER_MARK).write_text(layer + "\n")
+        self.layer_file(veid).write_text(layer + "\n")
+
+    def adopt_layer(self, veid: int, incoming: Path | None = None) -> str | None:
+        """After a migration copied a raw disk here (mounted flat at ``mnt/<veid>``): read
+        its layer mark, check this node has that layer (the migration's ``incoming`` copy
+        of it, or the cached template when it is the same build), and record it. None for
+        a flat VE."""
+        mark = self.mountpoint(veid) / LAYER_MARK
+        if mark.is_symlink() or not mark.is_file():
+            self.layer_file(veid).unlink(missing_ok=True)
+            return None
+        layer = mark.read_text().strip()
+        template = layer.rsplit(".", 1)[0]
+        if not (self.cfg.lowers / layer).is_dir() and incoming is not None and incoming.is_dir() \
+                and any(incoming.iterdir()):
+            with self._lower_lock:
+                if not (self.cfg.lowers / layer).is_dir():
+                    os.chmod(incoming, 0o755)
+                    os.rename(incoming, self.cfg.lowers / layer)
+        if not (self.cfg.lowers / layer).is_dir():
+            try:
+                archive, _ = template_paths(self.cfg.templates, template)
+                if archive.exists() and f"{template}.{storage.Pool._stamp(archive)}" == layer:
+                    self.ensure_lower(template, archive)
+            except Exception:
+                pass
+        self._lower(layer)  # raises when this node lacks it
+        self.layer_file(veid).write_text(layer + "\n")
+        return layer
 
     def clone_disk(self, spec: VESpec, archive: Path, log: Log) -> bool:
         """Make the VE's disk as a reflink clone of its template's golden image at the VE's
@@ -552,9 +757,11 @@ class Runtime:
         if self.is_running(spec.veid):
             log(f"VE {spec.veid} is already running")
             return {"state": "running", "nproc": self.nproc(spec.veid) or 0}
+        self.wait_monitor_gone(spec.veid)
         log("Starting VE ...")
         self.mount(spec.veid)
         self.write_identity(spec)
+        self.mount_for_run(spec)
         self.write_config(spec)
         if spec.addresses:
             log(f"Adding IP address(es): {' '.join(spec.addresses)}")
@@ -620,6 +827,7 @@ class Runtime:
         if not self.exists(veid):
             raise RuntimeError_(f"VE {veid} does not exist on this node")
         was_running = self.is_running(veid)
+        monitor = self._monitor_of(veid) if was_running else None
         if was_running:
             timeout = self.cfg.stop_timeout if timeout is None else timeout
             if kill:
@@ -633,12 +841,45 @@ class Runtime:
                     _run(self.lxc("stop", veid, "-k"), check=False, timeout=60)
             if self.is_running(veid):
                 raise RuntimeError_("VE is still running after kill")
+            if monitor:
+                self._exiting_monitors[veid] = monitor
             log("VE was stopped")
         else:
             log(f"VE {veid} is not running")
         self.net.unplumb(veid, running_here=was_running)
         self.umount(veid)
         return {"state": "stopped", "nproc": 0}
+
+    def _monitor_of(self, veid: int) -> tuple[int, str] | None:
+        """PID and start time of the LXC monitor of a running VE (its init's parent)."""
+        try:
+            ppid = int(Path(f"/proc/{self.init_pid(veid)}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            if not Path(f"/proc/{ppid}/cmdline").read_bytes().startswith(b"[lxc monitor]"):
+                return None
+            return ppid, Path(f"/proc/{ppid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+        except (RuntimeError_, OSError, ValueError, IndexError):
+            return None
+
+    def wait_monitor_gone(self, veid: int, timeout: float = 15) -> None:
+        """Wait for the LXC monitor of a VE stopped here to exit. ``lxc-stop`` returns once
+        the VE is down, but its monitor goes on tearing the network down for a second or
+        more (measured: 1.0-1.4 s), by interface name, and removes the gateway's proxy-ARP
+        entry on ``vz<veid>``. A start of the same VEID in that window (a restart, or the
+        target of a migration on a host it shares with the source) would make a new
+        ``vz<veid>`` and lose that entry: the VE could not reach its gateway. So a start
+        waits here first, and so does a migration's source before it hands over."""
+        monitor = self._exiting_monitors.pop(veid, None)
+        if monitor is None:
+            return
+        pid, started = monitor
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19] != started:
+                    return  # the PID now belongs to another process
+            except (OSError, IndexError):
+                return
+            time.sleep(0.01)
 
     def destroy(self, veid: int, log: Log) -> dict:
         if self.exists(veid) and self.is_running(veid):
@@ -650,14 +891,24 @@ class Runtime:
 
     def _remove(self, veid: int) -> None:
         self.net.unplumb(veid, running_here=self.is_running(veid))
+        self.remove_disk(veid)
+
+    def remove_disk(self, veid: int) -> None:
+        """Unmount and delete the VE's disk, spec, layer record and LXC directory (not its
+        host interface: see :meth:`_remove`)."""
         self.umount(veid)
-        for p in (self.image(veid), self.image(veid).with_suffix(".img.new"), self.spec_file(veid)):
+        for p in (self.image(veid), self.image(veid).with_suffix(".img.new"), self.spec_file(veid),
+                  self.layer_file(veid)):
             p.unlink(missing_ok=True)
         shutil.rmtree(self.ctdir(veid), ignore_errors=True)
-        try:
-            self.mountpoint(veid).rmdir()
-        except FileNotFoundError:
-            pass
+        for sub in ("lower", "disk"):
+            layers.detach(self.cfg.stage / str(veid) / sub)
+        for d in (self.mountpoint(veid), self.disk_dir(veid), self.cfg.stage / str(veid) / "lower",
+                  self.cfg.stage / str(veid) / "disk", self.cfg.stage / str(veid)):
+            try:
+                d.rmdir()
+            except OSError:
+                pass
 
     def set(self, spec: VESpec, generation: int, log: Log) -> dict:
         """Apply a changed spec: limits live on a running VE, the disk grows online."""
@@ -728,8 +979,14 @@ class Runtime:
         """Edit root's line of /etc/shadow in the VE's mounted image."""
         if not self.is_mounted(veid):
             raise RuntimeError_(f"the disk of VE {veid} is not mounted")
+        spec = self.load_spec(veid)
         try:
-            identity.set_root_password(self.mountpoint(veid), password_hash)
+            if spec is not None and self._run_view_mounted(veid):
+                # A running layered root is idmapped: write as the VE's root, whose ids exist there.
+                layers.as_fs_id(spec.uid_base, lambda: identity.set_root_password(self.mountpoint(veid),
+                                                                                 password_hash))
+            else:
+                identity.set_root_password(self.mountpoint(veid), password_hash)
         except identity.IdentityError as e:
             raise RuntimeError_(f"cannot set the root password: {e}") from None
         except OSError as e:  # strerror only: the host's paths are not the customer's business

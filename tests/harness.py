@@ -220,13 +220,38 @@ def remove_all_ves(root: Path) -> None:
             if ct.is_dir():
                 subprocess.run(["lxc-stop", "-P", str(lxcpath), "-n", ct.name, "-k"], capture_output=True,
                                timeout=60, cwd="/")
-    mnt = root / "mnt"
-    if mnt.is_dir():
-        for d in mnt.iterdir():
-            if os.path.ismount(d):
-                subprocess.run(["umount", "-l", str(d)], capture_output=True, timeout=60)
-    for sub in ("images", "state/ves", "lxc", "mnt"):
+    # Every mount under the VE directories, deepest first, from /proc/mounts: roots
+    # (mnt/<veid>: a flat disk or a layered VE's overlay), layered VEs' raw disks, and the
+    # staging mounts a killed start left. os.path.ismount misses idmapped clones of a
+    # template's layer (same filesystem), and rm -rf would go through them into the layer.
+    prefixes = tuple(f"{root}/{sub}/" for sub in ("mnt", "disk", "stage"))
+    for _ in range(3):
+        mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()
+                  if line.split()[1].startswith(prefixes)]
+        for d in sorted(mounts, key=lambda m: -m.count("/")):
+            subprocess.run(["umount", "-l", d], capture_output=True, timeout=60)
+    for sub in ("images", "state/ves", "lxc", "mnt", "disk", "stage"):
         d = root / sub
         if d.is_dir():
             for p in d.iterdir():
                 subprocess.run(["rm", "-rf", "--one-file-system", str(p)], capture_output=True, timeout=60)
+
+
+def ve_is_layered(node_root: Path, veid: int) -> bool:
+    """Whether a VE's root is layered (the agent records the template layer it runs over)."""
+    return (node_root / "state" / "ves" / f"{veid}.layer").exists()
+
+
+def ve_disk_mount(node_root: Path, veid: int) -> Path:
+    """Where the VE's own image is mounted raw: its root (flat) or its layers' disk."""
+    return node_root / ("disk" if ve_is_layered(node_root, veid) else "mnt") / str(veid)
+
+
+def as_ve_root(node_root: Path, ve, fn):
+    """Run ``fn`` (a host-side write under ``mnt/<veid>``) as the VE's root would own it:
+    a layered VE's running root is idmapped, where host root's own ids do not exist."""
+    if not ve_is_layered(node_root, ve.veid):
+        return fn()
+    from containers import layers
+
+    return layers.as_fs_id(ve.uid_base, fn)

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from tests import harness
+
 from panel.models import VE
 from panel.services import ves as svc
 from panel.services.jobs import job_wait
@@ -256,9 +258,9 @@ def test_host_block_devices_are_out_of_reach(stack, node, tenant):
 
     # The host plants a node of the VE's own disk (its loop device) inside the VE's tree:
     # the mount is nodev and the device cgroup grants no block device read or write.
-    mnt = stack.node_root / "mnt" / str(ve.veid)
-    dev = os.stat(mnt).st_dev
-    os.mknod(mnt / "root" / "planted", stat.S_IFBLK | 0o666, dev)
+    dev = os.stat(harness.ve_disk_mount(stack.node_root, ve.veid)).st_dev
+    planted_at = stack.node_root / "mnt" / str(ve.veid) / "root" / "planted"
+    harness.as_ve_root(stack.node_root, ve, lambda: os.mknod(planted_at, stat.S_IFBLK | 0o666, dev))
     planted = sh(ve, "head -c 1 /root/planted | wc -c")
     assert planted["output"].split()[-1] == "0", planted
     assert "Permission denied" in planted["output"] or "Operation not permitted" in planted["output"]
@@ -336,7 +338,7 @@ def test_io_limits_throttle_the_ves_own_disk(stack, node, tenant):
     synchronous I/O only (buffered writeback escapes it), hence O_DIRECT here."""
     ve = up(tenant, iolimit="2M")
     assert ve.iolimit == 2 * MiB
-    dev = os.stat(stack.node_root / "mnt" / str(ve.veid)).st_dev
+    dev = os.stat(harness.ve_disk_mount(stack.node_root, ve.veid)).st_dev
     devnum = f"{os.major(dev)}:{os.minor(dev)}"
     assert throttles(node, ve) == {"read_bps": f"{devnum} {2 * MiB}", "write_bps": f"{devnum} {2 * MiB}",
                                    "read_iops": "", "write_iops": ""}

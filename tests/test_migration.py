@@ -364,8 +364,14 @@ def test_debian_ve_with_data_moves_with_identical_checksums(stack, nodes, tenant
     assert ve.node_id == b.pk and ve.state == "running"
     assert tree_manifest(ROOT_B / "mnt" / str(ve.veid), ["data", "usr/bin", "etc/ssh"]) == before
     assert data_sums(ve) == sums
-    wait_for(lambda: ssh_banner(ve.addresses[0]).startswith(b"SSH-2.0"), 60, interval=0.5,
-             what="sshd answering on the VE's address on node B")
+    try:
+        wait_for(lambda: ssh_banner(ve.addresses[0]).startswith(b"SSH-2.0"), 60, interval=0.5,
+                 what="sshd answering on the VE's address on node B")
+    except AssertionError as e:
+        raise AssertionError(f"{e}: ping: {pings(ve.addresses[0])}; proxy: "
+                             f"{host('ip', 'neigh', 'show', 'proxy', 'dev', f'vz{ve.veid}').stdout!r}; in the VE: "
+                             f"{sh(ve, 'ss -ltn; systemctl is-system-running; systemctl --failed --no-legend; ip route')!r}"
+                             ) from None
 
 
 def ssh_banner(addr: str) -> bytes:

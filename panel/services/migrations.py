@@ -254,15 +254,19 @@ class Orchestrator:
                 ep = self.step("migrate_receive", dst, {"secret": mig.sealed_target,
                                                         "source_address": node_address(src)})
                 self.set_state(Migration.State.PRECOPY if mig.was_running else Migration.State.FINAL,
-                               endpoint={"address": ep.get("address"), "port": ep.get("port")})
+                               endpoint={"address": ep.get("address"), "port": ep.get("port"),
+                                         "layers": ep.get("layers") or []})
             if self.resumed and mig.state in (Migration.State.PRECOPY, Migration.State.FINAL):
                 # The endpoint may have died with an agent meanwhile: ask for it again.
                 self.say(_("Resuming the migration"), JobLog.Kind.STEP)
                 ep = self.step("migrate_receive", dst, {"secret": mig.sealed_target,
                                                         "source_address": node_address(src)})
-                self.set_state(mig.state, endpoint={"address": ep.get("address"), "port": ep.get("port")})
+                self.set_state(mig.state, endpoint={"address": ep.get("address"), "port": ep.get("port"),
+                                                    "layers": ep.get("layers") or []})
             send = {"secret": mig.sealed_source, "target_address": mig.endpoint.get("address"),
-                    "port": mig.endpoint.get("port"), "bwlimit": mig.bwlimit}
+                    "port": mig.endpoint.get("port"), "bwlimit": mig.bwlimit,
+                    # the template layers the target has: a layered VE's is sent if missing
+                    "target_layers": list(mig.endpoint.get("layers") or [])[:64]}
             if mig.state == Migration.State.PRECOPY:
                 res = self.step("migrate_send", src, {**send, "phase": "precopy"})
                 # A VE stopped from inside meanwhile stays stopped on the target.

@@ -175,23 +175,12 @@ class Migrations:
             # secret are what keeps others out).
             "max connections = 4",
             "timeout = 120",
-            f"[{RSYNC_MODULE}]",
-            f"path = {mnt}",
-            "read only = no",
-            "list = no",
-            f"auth users = {RSYNC_USER}",
-            f"secrets file = {secrets_file}",
-            "strict modes = yes",
-            f"hosts allow = {source}",
-            # Where a template layer this node lacks arrives (finish() puts it in place).
-            f"[{RSYNC_LOWER_MODULE}]",
-            f"path = {self.incoming_lower(migration)}",
-            "read only = no",
-            "list = no",
-            f"auth users = {RSYNC_USER}",
-            f"secrets file = {secrets_file}",
-            "strict modes = yes",
-            f"hosts allow = {source}",
+            # The VE's disk, and where a template layer this node lacks arrives (finish()
+            # puts it in place); both writable by the source alone, with the secret.
+            *(line for name, path in ((RSYNC_MODULE, mnt), (RSYNC_LOWER_MODULE, self.incoming_lower(migration)))
+              for line in (f"[{name}]", f"path = {path}", "read only = no", "list = no",
+                           f"auth users = {RSYNC_USER}", f"secrets file = {secrets_file}", "strict modes = yes",
+                           f"hosts allow = {source}")),
             "",
         ]))
         for attempt in range(5):

@@ -181,20 +181,27 @@ def as_fs_id(fs_id: int, fn):
     return result[0]
 
 
-def detach(path: Path) -> None:
-    """Unmount whatever is mounted at ``path`` (lazily if busy); nothing when nothing is.
+def detach(path: Path, busy_retries: int = 0) -> None:
+    """Unmount whatever is mounted at ``path``; nothing when nothing is. A busy mount is
+    tried ``busy_retries`` more times, 0.1 s apart, then detached lazily (it goes when its
+    last user does). A syscall, not umount(8): a start or stop makes several of these.
 
     Not ``os.path.ismount``: an idmapped clone of a directory on the same filesystem (a
     template's lower layer) has the device and inodes of its source, and ismount says
     False. Left mounted, a later ``rm -rf`` of the staging directory would empty the
     template's shared layer through it."""
-    for _ in range(8):  # mounts can be stacked
+    busy = 0
+    for _ in range(busy_retries + 8):  # mounts can be stacked
         if _libc.umount2(str(path).encode(), 0) == 0:
             continue
         err = ctypes.get_errno()
         if err in (22, 2):  # EINVAL: not a mount point; ENOENT: no such path
             return
         if err == 16:  # EBUSY
+            if busy < busy_retries:
+                busy += 1
+                time.sleep(0.1)
+                continue
             if _libc.umount2(str(path).encode(), 2) == 0:  # MNT_DETACH
                 continue
             err = ctypes.get_errno()

@@ -327,8 +327,6 @@ class Migrations:
                                     f"first: {mismatch[0][:200]}")
             log(f"Verified: every file's checksum matches on the target ({out['verify_seconds']:.2f}s)")
             out["verified"] = True
-            # Its network is torn down before the target may start it (both may share a host).
-            self.rt.wait_monitor_gone(veid)
         finally:
             if mounted_here or not self.rt.is_running(veid):
                 self.rt.umount(veid)

@@ -155,6 +155,23 @@ class HostNetwork:
         Idempotent; runs after every start and whenever the VE's veth reappears.
         """
         ifname = host_ifname(veid)
+        # Proxy ARP/NDP answers (for the VE's gateways) are delayed up to proxy_delay by
+        # default (0.8 s); on a point-to-point veth there is nothing to wait for. And a
+        # carrier-down event on vz<veid> must not flush the gateway's proxy entry: with
+        # *_evict_nocarrier on (the default), the kernel drops proxy entries when it
+        # processes a carrier change with the carrier down, and link events are processed
+        # late (rate-limited to one a second) when links come and go close together (a
+        # stop and a start, a migration's hand-over): LXC's entry was sometimes gone a
+        # moment after the start, and the VE could not reach its gateway.
+        for key, value in (("ipv4/neigh/{}/proxy_delay", "0"), ("ipv6/neigh/{}/proxy_delay", "0"),
+                           ("ipv4/conf/{}/arp_evict_nocarrier", "0"),
+                           ("ipv6/conf/{}/ndisc_evict_nocarrier", "0")):
+            try:
+                with open(f"/proc/sys/net/{key.format(ifname)}", "w") as f:
+                    f.write(value)
+            except FileNotFoundError:
+                pass
+        families = {ipaddress.ip_address(a).version for a in addresses}
         with IPRoute() as ipr:
             idx = ipr.link_lookup(ifname=ifname)
             if not idx:
@@ -163,14 +180,12 @@ class HostNetwork:
                 net = ipaddress.ip_network(_host_prefix(addr))
                 ipr.route("replace", dst=str(net.network_address), dst_len=net.prefixlen, oif=idx[0],
                           family=10 if net.version == 6 else 2, scope=253 if net.version == 4 else 0)
-        # Proxy ARP/NDP answers (for the VE's gateways) are delayed up to proxy_delay by
-        # default (0.8 s); on a point-to-point veth there is nothing to wait for.
-        for family in ("ipv4", "ipv6"):
-            try:
-                with open(f"/proc/sys/net/{family}/neigh/{ifname}/proxy_delay", "w") as f:
-                    f.write("0")
-            except FileNotFoundError:
-                pass
+            # LXC added these at the start; one flushed before the line above took effect
+            # comes back here (replace: idempotent).
+            for version, gateway in ((4, GATEWAY4), (6, GATEWAY6)):
+                if version in families:
+                    ipr.neigh("replace", dst=gateway, ifindex=idx[0], flags=NTF_PROXY,
+                              family=2 if version == 4 else 10)
         self.shape(veid, rate_in, rate_out)
 
     @staticmethod

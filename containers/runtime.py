@@ -180,8 +180,6 @@ class Runtime:
         self.net = network.HostNetwork()
         self.pool = storage.Pool(cfg)
         self._lower_lock = threading.Lock()
-        # LXC monitors of VEs just stopped, still tearing down (see wait_monitor_gone).
-        self._exiting_monitors: dict[int, tuple[int, str]] = {}
 
     # --- paths -----------------------------------------------------------------------
     def image(self, veid: int) -> Path:
@@ -418,14 +416,12 @@ class Runtime:
 
     @staticmethod
     def _umount_path(path: Path) -> None:
-        for attempt in range(20):
-            if not os.path.ismount(path):
-                return
-            proc = _run(["umount", str(path)], check=False)
-            if proc.returncode == 0:
-                return
-            time.sleep(0.1)
-        _run(["umount", "-l", str(path)])
+        """Unmount ``path``; a mount still busy after 2 s (the VE's last processes exiting)
+        is detached lazily."""
+        try:
+            layers.detach(path, busy_retries=20)
+        except layers.LayerError as e:
+            raise RuntimeError_(str(e)) from None
 
     # --- shared lower layers ----------------------------------------------------------
     def _lower(self, layer: str) -> Path:
@@ -757,7 +753,6 @@ class Runtime:
         if self.is_running(spec.veid):
             log(f"VE {spec.veid} is already running")
             return {"state": "running", "nproc": self.nproc(spec.veid) or 0}
-        self.wait_monitor_gone(spec.veid)
         log("Starting VE ...")
         self.mount(spec.veid)
         self.write_identity(spec)
@@ -827,7 +822,6 @@ class Runtime:
         if not self.exists(veid):
             raise RuntimeError_(f"VE {veid} does not exist on this node")
         was_running = self.is_running(veid)
-        monitor = self._monitor_of(veid) if was_running else None
         if was_running:
             timeout = self.cfg.stop_timeout if timeout is None else timeout
             if kill:
@@ -841,45 +835,12 @@ class Runtime:
                     _run(self.lxc("stop", veid, "-k"), check=False, timeout=60)
             if self.is_running(veid):
                 raise RuntimeError_("VE is still running after kill")
-            if monitor:
-                self._exiting_monitors[veid] = monitor
             log("VE was stopped")
         else:
             log(f"VE {veid} is not running")
         self.net.unplumb(veid, running_here=was_running)
         self.umount(veid)
         return {"state": "stopped", "nproc": 0}
-
-    def _monitor_of(self, veid: int) -> tuple[int, str] | None:
-        """PID and start time of the LXC monitor of a running VE (its init's parent)."""
-        try:
-            ppid = int(Path(f"/proc/{self.init_pid(veid)}/stat").read_text().rsplit(")", 1)[1].split()[1])
-            if not Path(f"/proc/{ppid}/cmdline").read_bytes().startswith(b"[lxc monitor]"):
-                return None
-            return ppid, Path(f"/proc/{ppid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-        except (RuntimeError_, OSError, ValueError, IndexError):
-            return None
-
-    def wait_monitor_gone(self, veid: int, timeout: float = 15) -> None:
-        """Wait for the LXC monitor of a VE stopped here to exit. ``lxc-stop`` returns once
-        the VE is down, but its monitor goes on tearing the network down for a second or
-        more (measured: 1.0-1.4 s), by interface name, and removes the gateway's proxy-ARP
-        entry on ``vz<veid>``. A start of the same VEID in that window (a restart, or the
-        target of a migration on a host it shares with the source) would make a new
-        ``vz<veid>`` and lose that entry: the VE could not reach its gateway. So a start
-        waits here first, and so does a migration's source before it hands over."""
-        monitor = self._exiting_monitors.pop(veid, None)
-        if monitor is None:
-            return
-        pid, started = monitor
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19] != started:
-                    return  # the PID now belongs to another process
-            except (OSError, IndexError):
-                return
-            time.sleep(0.01)
 
     def destroy(self, veid: int, log: Log) -> dict:
         if self.exists(veid) and self.is_running(veid):

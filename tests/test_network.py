@@ -78,6 +78,23 @@ def test_ves_get_routed_addresses_and_reach_each_other(stack, node, tenant, pool
 
 
 @pytest.mark.integration
+def test_the_gateway_survives_a_carrier_flap(stack, node, tenant, pools):
+    """A carrier change on the VE's veth (its venet0 taken down and up inside, or links
+    coming and going around a stop and a start) must not cost the VE its gateway: the
+    kernel flushes proxy-ARP entries on carrier loss unless eviction is off."""
+    ve = started(tenant)
+    assert "169.254.0.1 " in host("ip", "neigh", "show", "proxy", "dev", f"vz{ve.veid}").stdout
+    assert host("cat", f"/proc/sys/net/ipv4/conf/vz{ve.veid}/arp_evict_nocarrier").stdout.strip() == "0"
+    flap = sh(ve, "ip link set venet0 down && sleep 1 && ip link set venet0 up && "
+                  "ip route replace 169.254.0.1 dev venet0 scope link && "
+                  "ip route replace default via 169.254.0.1 dev venet0")
+    assert flap["exit_code"] == 0, flap
+    wait_for(lambda: host("busybox", "ping", "-c", "1", "-W", "2", ve.addresses[0], check=False).returncode == 0,
+             15, what="the VE answering after the flap")
+    assert "169.254.0.1 " in host("ip", "neigh", "show", "proxy", "dev", f"vz{ve.veid}").stdout
+
+
+@pytest.mark.integration
 def test_a_spoofed_source_does_not_arrive(stack, node, tenant, pools):
     a, b = started(tenant), started(tenant)
     sh(a, "ip addr add 198.18.10.200/32 dev venet0")  # root in the VE can add it inside...

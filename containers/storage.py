@@ -84,6 +84,7 @@ LOOP_CTL_GET_FREE = 0x4C82
 LOOP_CONFIGURE = 0x4C0A  # attach and configure in one call (Linux 5.8+)
 LO_FLAGS_READ_ONLY = 1
 LO_FLAGS_AUTOCLEAR = 4  # detach by itself when the last user (the mount) lets go
+BLKFLSBUF = 0x1261  # flush and drop a block device's buffer cache
 # No LO_FLAGS_DIRECT_IO: direct I/O would spare the second copy of each block in the
 # image file's page cache, but on this kernel it left that cache stale for buffered
 # readers after the umount (e2fsck of a fresh golden image read mkfs's blocks), and
@@ -128,6 +129,9 @@ def attached_loop(image: Path, read_only: bool = False):
                     if e.errno == errno.EBUSY:
                         continue
                     raise PoolError(f"cannot attach {image.name} to {dev}: {e.strerror}") from None
+                # A reused device must not serve blocks it cached for the image it backed
+                # before (another VE's filesystem): drop its buffer cache before the mount.
+                fcntl.ioctl(loop_fd, BLKFLSBUF, 0)
                 break
             else:
                 raise PoolError(f"no free loop device for {image.name} after 64 tries")

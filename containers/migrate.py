@@ -30,6 +30,7 @@ import ipaddress
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -518,8 +519,6 @@ class Migrations:
         self.rt.remove_disk(veid)
 
     def _drop_workdir(self, migration: str) -> None:
-        import shutil
-
         shutil.rmtree(self.incoming_lower(migration), ignore_errors=True)
         work = self.workdir(migration)
         self.stop_daemon(migration)

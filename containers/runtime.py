@@ -430,10 +430,15 @@ class Runtime:
             raise RuntimeError_(f"the template layer {layer} is missing on node {self.cfg.node}")
         return path
 
+    @staticmethod
+    def layer_name(template: str, archive: Path) -> str:
+        """The name of a template build's shared layer: ``<template>.<stamp of its archive>``."""
+        return f"{template}.{storage.Pool._stamp(archive)}"
+
     def ensure_lower(self, template: str, archive: Path, log: Log = lambda _: None) -> str:
         """The shared read-only tree of a template build, unpacked once per node; its name
         (``<template>.<stamp>``) is what VEs made over it record."""
-        layer = f"{template}.{storage.Pool._stamp(archive)}"
+        layer = self.layer_name(template, archive)
         path = self.cfg.lowers / layer
         if path.is_dir():
             return layer
@@ -457,8 +462,6 @@ class Runtime:
     def prune_lowers(self) -> list[str]:
         """Delete lower layers no VE on this node uses and no cached template provides
         any more (a rebuilt or removed template); a layer in use is never touched."""
-        from .templates import template_paths as _paths
-
         used = {self.layer_of(v) for v in self.known_veids()}
         removed = []
         with self._lower_lock:
@@ -467,8 +470,8 @@ class Runtime:
                     continue
                 template = path.name.rsplit(".", 1)[0]
                 try:
-                    archive, _ = _paths(self.cfg.templates, template)
-                    current = archive.exists() and f"{template}.{storage.Pool._stamp(archive)}" == path.name
+                    archive, _ = template_paths(self.cfg.templates, template)
+                    current = archive.exists() and self.layer_name(template, archive) == path.name
                 except Exception:
                     current = False
                 if not current:
@@ -718,7 +721,7 @@ class Runtime:
         if not (self.cfg.lowers / layer).is_dir():
             try:
                 archive, _ = template_paths(self.cfg.templates, template)
-                if archive.exists() and f"{template}.{storage.Pool._stamp(archive)}" == layer:
+                if archive.exists() and self.layer_name(template, archive) == layer:
                     self.ensure_lower(template, archive)
             except Exception:
                 pass

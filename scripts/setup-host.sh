@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PACKAGES="lxc lxcfs uidmap busybox-static e2fsprogs xfsprogs rsync python3-venv python3-dev gcc
-redis-server postgresql postgresql-client iproute2 procps psmisc util-linux debootstrap openssh-client
+redis-server postgresql postgresql-client iproute2 nftables procps psmisc util-linux debootstrap openssh-client
 chromium chromium-driver make git ca-certificates gettext fonts-ipafont-gothic"
 SUBID_START=1000000
 SUBID_COUNT=1000000000

@@ -135,7 +135,6 @@ def test_ipadd_and_ipdel_take_effect_live_and_destroy_leaves_nothing(stack, node
     assert not IPAddress.objects.filter(ve=a).exists(), "addresses are released at destroy"
 
 
-@pytest.mark.integration
 def _connects(address: str, port: int) -> bool:
     try:
         socket.create_connection((address, port), timeout=2).close()
@@ -144,6 +143,7 @@ def _connects(address: str, port: int) -> bool:
         return False
 
 
+@pytest.mark.integration
 def test_traffic_counters_and_shaping(stack, node, tenant, pools):
     a = started(tenant)
     sh(a, "mkdir -p /www && head -c 2000000 /dev/zero > /www/blob && httpd -p 80 -h /www")

@@ -34,6 +34,21 @@ def pct(values: list[float], p: float) -> float:
     return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
 
 
+def committed(call):
+    """Call a service and return its job with ``committed_at``: the wall clock at which its
+    transaction committed. The service runs inside an outer transaction whose first
+    on-commit callback notes the time; the service's own callback (the publish to the
+    node's queue) runs right after it, so dispatch counts the publish."""
+    from django.db import transaction
+
+    mark = {}
+    with transaction.atomic():
+        transaction.on_commit(lambda: mark.setdefault("t", time.time()))
+        job = call()
+    job.committed_at = mark["t"]
+    return job
+
+
 def settled(job, *, poll: float = 0.002, timeout: float = 120):
     """Wait for ``job``; abort the benchmark unless it succeeded. ``seen_at`` is the wall
     clock when the waiter saw it finished (for the node -> database lag)."""

@@ -231,49 +231,54 @@ def apply_event(envelope) -> str:
     message = str(body.get("message", ""))[:4000]
     data = body.get("data") if isinstance(body.get("data"), dict) else {}
     ts = _ts(body.get("ts"))
+    if kind not in ("running", "log", "step", "succeeded", "failed"):
+        return "refused: unknown event"
+    lines = body.get("lines") if isinstance(body.get("lines"), list) else []
+    # The event's lines and its own line (a step, "Task OK" or the error) go in one INSERT,
+    # and its state change and sequence number in one UPDATE: the panel's share of a job's
+    # latency is a handful of round trips. A redelivered event's lines are already there
+    # (ignored by the unique (job, seq)).
+    rows = [(item[0], JobLog.Kind.LOG, item[1]) for item in lines[:1000]
+            if (isinstance(item, list) and len(item) == 2 and type(item[0]) is int and 0 < item[0] <= seq
+                and isinstance(item[1], str))]
+    observed = data.get("observed") if isinstance(data.get("observed"), dict) else {}
     with transaction.atomic():
-        job = Job.objects.select_related("ve").filter(id=job_id, node=node).first()
+        # Locked: the state read here is the one the update below changes (no concurrent
+        # reaper or cancel in between), so the event's own line is written only with it.
+        job = Job.objects.select_for_update(of=("self",)).select_related("ve").filter(id=job_id, node=node).first()
         if job is None:
             return "dropped: unknown job"
         if job.is_terminal:
             return "ignored: job already finished"
-        Job.objects.filter(pk=job.pk).update(last_seq=Greatest(F("last_seq"), seq))
-        lines = body.get("lines") if isinstance(body.get("lines"), list) else []
-        # One INSERT for the batch; a redelivered event's lines are already there (ignored).
-        JobLog.objects.bulk_create([
-            JobLog(job=job, seq=item[0], kind=JobLog.Kind.LOG, message=item[1][:4000], ts=ts)
-            for item in lines[:1000]
-            if (isinstance(item, list) and len(item) == 2 and type(item[0]) is int and 0 < item[0] <= seq
-                and isinstance(item[1], str))], ignore_conflicts=True)
+        changes: dict = {"last_seq": Greatest(F("last_seq"), seq)}
         if kind == "running":
-            n = Job.objects.filter(pk=job.pk, state=Job.State.PENDING).update(
-                state=Job.State.RUNNING, started_at=ts, agent_instance=str(body.get("instance", ""))[:36])
-            _log_line(job, JobLog.Kind.STEP, message, seq, ts)
-            if n and job.ve_id and job.kind in TRANSIENT_STATE:
-                VE.objects.filter(pk=job.ve_id).update(state=TRANSIENT_STATE[job.kind])
+            if job.state == Job.State.PENDING:
+                changes.update(state=Job.State.RUNNING, started_at=ts,
+                               agent_instance=str(body.get("instance", ""))[:36])
+            rows.append((seq, JobLog.Kind.STEP, message))
         elif kind in ("log", "step"):
             if message:  # a batch of lines (above) carries no message of its own
-                _log_line(job, JobLog.Kind.LOG if kind == "log" else JobLog.Kind.STEP, message, seq, ts)
+                rows.append((seq, JobLog.Kind.LOG if kind == "log" else JobLog.Kind.STEP, message))
         elif kind == "succeeded":
-            n = Job.objects.filter(pk=job.pk, state__in=Job.ACTIVE).update(
-                state=Job.State.SUCCEEDED, finished_at=ts, result=data)
-            if n:
-                _log_line(job, JobLog.Kind.STEP, "Task OK", seq, ts)
-                _apply_success(job, data)
-                _scrub_secrets(job)
+            changes.update(state=Job.State.SUCCEEDED, finished_at=ts, result=data)
+            rows.append((seq, JobLog.Kind.STEP, "Task OK"))
+        else:  # failed
+            changes.update(state=Job.State.FAILED, finished_at=ts, error=str(data.get("error", "failed"))[:64],
+                           explanation=message, result=data)
+            rows.append((seq, JobLog.Kind.ERROR, message))
+        Job.objects.filter(pk=job.pk).update(**changes)
+        JobLog.objects.bulk_create([JobLog(job=job, seq=n, kind=k, message=text[:4000], ts=ts)
+                                    for n, k, text in rows], ignore_conflicts=True)
+        if kind == "running" and "state" in changes and job.ve_id and job.kind in TRANSIENT_STATE:
+            VE.objects.filter(pk=job.ve_id).update(state=TRANSIENT_STATE[job.kind])
+        elif kind == "succeeded":
+            _apply_success(job, data)
+            _scrub_secrets(job)
         elif kind == "failed":
-            observed = data.get("observed") if isinstance(data.get("observed"), dict) else {}
-            n = Job.objects.filter(pk=job.pk, state__in=Job.ACTIVE).update(
-                state=Job.State.FAILED, finished_at=ts, error=str(data.get("error", "failed"))[:64],
-                explanation=message, result=data)
-            if n:
-                _log_line(job, JobLog.Kind.ERROR, message, seq, ts)
-                _scrub_secrets(job)
-                if job.ve_id and job.kind not in m.MIGRATE_OPS:
-                    _settle_ve_after_failure(job, observed)
-                    _job_failed_event(job, str(data.get("error", "failed")))
-        else:
-            return "refused: unknown event"
+            _scrub_secrets(job)
+            if job.ve_id and job.kind not in m.MIGRATE_OPS:
+                _settle_ve_after_failure(job, observed)
+                _job_failed_event(job, str(data.get("error", "failed")))
     return f"applied {kind}"
 
 

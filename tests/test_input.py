@@ -149,3 +149,24 @@ def test_a_pending_job_can_be_canceled_once_and_frees_the_ve(idle_node, tenant):
     assert start.state == "canceled" and "nothing was changed" in start.explanation
     svc.ve_stop(ve=job.ve)  # the VE is no longer busy
     assert AuditEvent.objects.filter(action="job.cancel").count() == 1
+
+
+def test_id_ranges_fill_the_lowest_gap_and_an_exhausted_fleet_refuses_cleanly(idle_node, tenant, settings):
+    """A new VE takes the lowest free id range (a destroyed VE's range is free again);
+    when none is left, create says so and writes nothing."""
+    settings.HAKO_ID_RANGES = 4
+    first, size = settings.HAKO_ID_BASE, 65536
+    tmpl = OSTemplate.objects.get(name="busybox")
+
+    def ve(veid, k, state="stopped"):
+        return VE.objects.create(veid=veid, tenant=tenant, node=idle_node, template=tmpl, hostname=f"v{veid}",
+                                 uid_base=first + k * size, state=state, memory=256 << 20, swap=0,
+                                 disk=1 << 30, cpuunits=1000, cpulimit=0, numproc=512)
+
+    ve(9001, 0), ve(9002, 1), ve(9003, 3), ve(9004, 2, state="destroyed")
+    job = svc.ve_create(tenant=tenant, template="busybox")
+    assert job.ve.uid_base == first + 2 * size  # the gap, where a destroyed VE was
+    with pytest.raises(ServiceError) as e:
+        svc.ve_create(tenant=tenant, template="busybox")
+    assert "No free id range" in e.value.message
+    assert VE.objects.exclude(state="destroyed").count() == 4 and Job.objects.count() == 1

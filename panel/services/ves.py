@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
+from django.db.models import Exists, F, OuterRef
+from django.db.models.functions import Mod
 from django.utils.translation import gettext as _
 
 from containers.messages import HOSTNAME_RE, MessageError, check_ve_address
@@ -45,11 +47,20 @@ def _next_veid() -> int:
 
 
 def _free_uid_base() -> int:
-    used = set(VE.objects.exclude(state=VE.State.DESTROYED).values_list("uid_base", flat=True))
-    for i in range(settings.HAKO_ID_RANGES):
-        base = settings.HAKO_ID_BASE + i * IDMAP_SIZE
-        if base not in used:
-            return base
+    """The lowest free id range of the fleet (ranges are IDMAP_SIZE apart from
+    HAKO_ID_BASE). A gap query on the live VEs' unique uid_base index: the cost does not
+    grow with the fleet, where reading every live VE's range did."""
+    first, size, count = settings.HAKO_ID_BASE, IDMAP_SIZE, settings.HAKO_ID_RANGES
+    live = VE.objects.exclude(state=VE.State.DESTROYED)
+    if count > 0 and not live.filter(uid_base=first).exists():
+        return first
+    # The range after the lowest live one whose successor is free.
+    base = (live.filter(uid_base__gte=first, uid_base__lt=first + count * size)
+            .annotate(offset=Mod(F("uid_base") - first, size), successor=F("uid_base") + size)
+            .filter(offset=0).exclude(Exists(live.filter(uid_base=OuterRef("successor"))))
+            .order_by("uid_base").values_list("successor", flat=True).first())
+    if base is not None and base < first + count * size:
+        return base
     raise Unavailable(_("No free id range is left in the fleet; raise HAKO_ID_RANGES and root's subuid range."))
 
 

@@ -19,7 +19,8 @@ def audit_for(user, tenant: Tenant | str | None = None, *, action: str | None = 
               until: datetime | None = None, limit: int | None = None):
     """Audit records ``user`` may read, newest first.
 
-    Members read their tenants' records and their own (sign-ins); staff read all. Filters:
+    Members read their current tenants' records and their own tenant-less ones (sign-ins);
+    staff read all. Filters:
     ``tenant`` (object, id or slug; another tenant's is NotFound), ``action`` (exact, or a
     prefix ending in '.' such as ``ve.``), ``actor`` (user name), ``object_id`` (a VEID or
     an object's id), ``result``, ``since``/``until`` (aware datetimes) and ``limit``.
@@ -28,7 +29,10 @@ def audit_for(user, tenant: Tenant | str | None = None, *, action: str | None = 
     if not is_local_admin(user):
         if not getattr(user, "is_authenticated", False):
             return qs.none()
-        qs = qs.filter(Q(tenant__in=tenants_for(user)) | Q(actor=user))
+        # Tenant records only of tenants the user belongs to now (a former member reads
+        # nothing more of a tenant they left, not even what they did there); their own
+        # records without a tenant (sign-ins) stay theirs.
+        qs = qs.filter(Q(tenant__in=tenants_for(user)) | Q(actor=user, tenant__isnull=True))
     if tenant is not None:
         qs = qs.filter(tenant=tenant_get(user, _tenant_pk(tenant)))
     if action:

@@ -12,8 +12,10 @@ from django.utils.translation import gettext as _
 from django.views.decorators.http import require_http_methods, require_POST
 
 from panel import access
-from panel.forms import VECreateForm, VEDestroyForm, VEHostnameForm, VEPasswordForm, VEPlanForm, VEResourcesForm
+from panel.forms import (VEAddressAddForm, VEAddressRemoveForm, VECreateForm, VEDestroyForm, VEHostnameForm,
+                         VEPasswordForm, VEPlanForm, VEResourcesForm)
 from panel.models import VE, Job, Membership
+from panel.services import network as net_services
 from panel.services import ves as ve_services
 from panel.services.errors import Forbidden, InvalidInput, NotFound, ServiceError
 from panel.templatetags.hako import LABELS, size
@@ -56,7 +58,7 @@ def _ve_context(request, ve: VE, **extra) -> dict:
         # The change forms; the one that was posted (in ``extra``) replaces its blank twin.
         plans = list(access.plans_for(request.user).order_by("name"))
         ctx.update(resources_form=VEResourcesForm(), hostname_form=VEHostnameForm(initial={"hostname": ve.hostname}),
-                   password_form=VEPasswordForm(),
+                   password_form=VEPasswordForm(), ipadd_form=VEAddressAddForm(), ipdel_form=None,
                    plan_form=VEPlanForm(plans=plans, initial={"plan": ve.plan.name if ve.plan_id else None})
                    if plans else None)
     ctx.update(extra)
@@ -206,3 +208,13 @@ ve_password_view = _change_view(
     lambda request, ve, form: ve_services.ve_set_password(ve=ve, actor=request.user, source="web",
                                                           root_password=form.cleaned_data["root_password"]),
     lambda ve: _("Root password change of VE %(veid)s queued.") % {"veid": ve.veid})
+ve_ipadd_view = _change_view(
+    "ipadd_form", lambda request, ve: VEAddressAddForm(request.POST),
+    lambda request, ve, form: net_services.ve_ipadd(ve=ve, addresses=form.addresses(), actor=request.user,
+                                                    source="web"),
+    lambda ve: _("Address change of VE %(veid)s queued.") % {"veid": ve.veid})
+ve_ipdel_view = _change_view(
+    "ipdel_form", lambda request, ve: VEAddressRemoveForm(request.POST),
+    lambda request, ve, form: net_services.ve_ipdel(ve=ve, addresses=[form.cleaned_data["address"]],
+                                                    actor=request.user, source="web"),
+    lambda ve: _("Address change of VE %(veid)s queued.") % {"veid": ve.veid})

@@ -178,6 +178,14 @@ class SuspendForm(ServiceErrorsMixin, forms.Form):
     reason = forms.CharField(label=_("Reason"), max_length=500, required=False)
 
 
+class VESuspendForm(SuspendForm):
+    """Suspend one VE, or lift its suspension, for a source staff choose; the service
+    checks the reason (needed to suspend, optional to lift)."""
+
+    by = forms.ChoiceField(label=_("Source"), initial="admin",
+                           choices=[("admin", _("administrator")), ("abuse", _("abuse")), ("billing", _("billing"))])
+
+
 class AuditFilterForm(forms.Form):
     """Filters of the audit log pages; dates are whole days in UTC, both included."""
 

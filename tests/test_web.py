@@ -103,7 +103,7 @@ def test_it_denies_other_tenant_on_every_object_url(client, idle_node, people, o
                  "panel:ve-set", "panel:ve-change-plan", "panel:ve-hostname", "panel:ve-password",
                  "panel:staff-quota-approve", "panel:staff-quota-deny", "panel:staff-tenant-suspend",
                  "panel:staff-tenant-unsuspend", "panel:ve-console-ticket", "panel:ve-exec",
-                 "panel:ve-ipadd", "panel:ve-ipdel"}
+                 "panel:staff-ve-suspend", "panel:staff-ve-unsuspend", "panel:ve-ipadd", "panel:ve-ipdel"}
     names = {name for name, _ in urls}
     assert {"panel:ve-detail", "panel:ve-start", "panel:ve-stop", "panel:ve-restart", "panel:ve-destroy",
             "panel:ve-status", "panel:job-detail", "panel:job-log", "panel:ve-ipadd", "panel:ve-ipdel"} \

@@ -41,6 +41,8 @@ urlpatterns = [
     path("staff/", staff.staff_nodes_view, name="staff-nodes"),
     path("staff/ves/", staff.staff_ves_view, name="staff-ves"),
     path("staff/ves/<uuid:ve_id>/migrate/", staff_migrate.staff_ve_migrate_view, name="staff-ve-migrate"),
+    path("staff/ves/<uuid:ve_id>/suspend/", staff.staff_ve_suspend_view, name="staff-ve-suspend"),
+    path("staff/ves/<uuid:ve_id>/unsuspend/", staff.staff_ve_unsuspend_view, name="staff-ve-unsuspend"),
     path("staff/nodes/<int:node_id>/maintenance/", staff_migrate.staff_node_maintenance_view,
          name="staff-node-maintenance"),
     path("staff/nodes/<int:node_id>/drain/", staff_migrate.staff_node_drain_view, name="staff-node-drain"),

@@ -120,6 +120,12 @@ def test_parallel_automatic_adds_never_share_an_address(idle_node, tenant):
 
 @pytest.fixture
 def two_tenants(tenant, other_tenant, pools, people):
+    from panel.models import Node
+
+    # In maintenance: it takes no new VEs, so every VE here lands on idle_node.
+    elsewhere = Node.objects.create(name="hakoaddr-other", queue="node.hakoaddr-other", state="online",
+                                    maintenance=True)
+    net.pool_create(name="elsewhere4", network="198.18.66.0/24", nodes=[elsewhere])  # another node's pool
     mine = make_ve(tenant, "mine")
     theirs = make_ve(other_tenant, "theirs", addresses=["198.18.61.50"])
     sibling = make_ve(tenant, "sibling", addresses=["198.18.61.51"])
@@ -135,6 +141,7 @@ HOSTILE_ADDRESSES = [
     ("not a list", "198.18.61.60", InvalidInput, "at most 64"),
     ("outside every pool", ["192.0.2.55"], InvalidInput, "is not in a pool of node"),
     ("in the network, outside the range", ["198.18.61.5"], InvalidInput, "is not in a pool of node"),
+    ("another node's pool", ["198.18.66.10"], InvalidInput, "is not in a pool of node"),
     ("the network address", ["fd00:61::"], InvalidInput, "is not in a pool of node"),
     ("another tenant's", ["198.18.61.50"], Conflict, "already in use"),
     ("the tenant's other VE's", ["198.18.61.51"], Conflict, "already in use"),

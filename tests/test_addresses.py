@@ -500,3 +500,14 @@ def test_allocation_works_on_the_embedded_sqlite_default(tmp_path):
                           "from panel.services.nodes import node_register\n" + SQLITE_SCRIPT],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
     assert out.returncode == 0 and "sqlite allocation ok" in out.stdout, out.stderr[-3000:]
+
+
+def test_the_address_forms_render_in_japanese(client, two_tenants, people):
+    mine, _, _ = two_tenants
+    client.force_login(people.operator)
+    client.post(reverse("set_language"), {"language": "ja", "next": "/"})
+    html = page(client, mine)
+    assert "アドレスを追加" in html and "198.18.61.10 を削除" in html
+    html = client.get(reverse("panel:ve-create")).content.decode()
+    for words in ("IP アドレス", "ネームサーバー", "検索ドメイン", "VE への帯域制限"):
+        assert words in html, words

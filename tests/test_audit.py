@@ -303,6 +303,19 @@ def test_deleting_a_tenant_or_a_user_keeps_their_records_readable(tenant, people
     assert records[0].tenant is None and records[1].actor is None  # gone, but named by the labels
     call_command("auditlog", "--action", "quota_request.create")
     assert "actor=olivia tenant=acme action=quota_request.create" in capsys.readouterr().out
+    # Staff still find them by the deleted tenant's slug; a member of no tenant does not.
+    assert [e.action for e in audit_for(people.staff, tenant="acme")] == ["quota_request.create", "quota.set"]
+    call_command("auditlog", "--tenant", "acme")
+    assert len(capsys.readouterr().out.splitlines()) == 2
+    with pytest.raises(NotFound):
+        audit_for(people.operator, tenant="acme")
+    from django.test import Client
+    from django.urls import reverse
+
+    staff = Client()
+    staff.force_login(people.staff)
+    html = staff.get(reverse("panel:staff-audit") + "?tenant=acme").content.decode()
+    assert "quota_request.create" in html and "No tenant has this slug" not in html
 
 
 # --- who reads what --------------------------------------------------------------------------

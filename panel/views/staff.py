@@ -15,7 +15,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 from panel import access, selectors
 from panel.forms import (AuditFilterForm, QuotaApproveForm, QuotaDenyForm, SuspendForm, TenantCreateForm,
                          TenantQuotaForm, VESuspendForm)
-from panel.models import Membership, Node, Suspension, Tenant
+from panel.models import AuditEvent, Membership, Node, Suspension, Tenant
 from panel.services import members as member_services
 from panel.services import quotas as quota_services
 from panel.services import suspensions as suspension_services
@@ -243,7 +243,10 @@ def staff_audit_view(request):
     _staff(request)
     form = AuditFilterForm(request.GET, staff=True)
     filters = form.filters()
-    if "tenant" in filters and not Tenant.objects.filter(slug=filters["tenant"][:63]).exists():
+    # A deleted tenant's slug still finds its records (they keep it as their label).
+    slug = filters.get("tenant", "")[:63]
+    if slug and not Tenant.objects.filter(slug=slug).exists() and not AuditEvent.objects.filter(
+            tenant_label=slug).exists():
         form.add_error("tenant", _("No tenant has this slug."))
         return audit_page(request, {}, form, "staff/audit.html", {}, empty=True)
     return audit_page(request, filters, form, "staff/audit.html", {})

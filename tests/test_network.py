@@ -358,6 +358,18 @@ def test_traffic_just_before_a_stop_is_counted_and_a_restart_continues_the_total
     # Two downloads of 2 MB plus TCP/IP overhead; counting the first veth twice adds 2 MB more.
     assert 4_000_000 <= t2["out_bytes"] - t0["out_bytes"] < 4_600_000, (t0, t1, t2)
 
+    # The VE halts itself right after receiving 100 kB: its veth's last counters (the
+    # agent's watcher) still reach the total, once.
+    host("busybox", "ping", "-c", "5", "-s", "20000", "-W", "2", a.addresses[0])
+    svc.ve_exec(ve=a, argv=["poweroff"], timeout=15)
+    wait_for(lambda: VE.objects.get(pk=a.pk).state == "stopped", 30, what="the panel to see the VE stopped")
+    wait_for(lambda: traffic(a)["in_bytes"] - t2["in_bytes"] >= 5 * 20000, 15,
+             what="in_bytes to count the pings received before the halt")
+    time.sleep(1.5)
+    t3 = traffic(a)
+    assert all(t3[k] >= t2[k] for k in t3) and t3["in_bytes"] - t2["in_bytes"] < 5 * 20000 + 60_000, (t2, t3)
+    assert t3["out_bytes"] - t0["out_bytes"] < 4_800_000, (t0, t3)
+
 
 def test_traffic_accumulation_names_links_and_counts_finals_once():
     """Counters of several veths (links), finals repeated and out of order: each byte once."""

@@ -343,19 +343,11 @@ def _apply_inventory(node: Node, inventory: list, now, sampled_at: float | None 
                .values_list("ve_id", flat=True))
     changed = []
     samples = {}
-    # Locked (in a fixed order): a job's result adds a stop's final counters to the same rows.
-    for ve in VE.objects.select_for_update().filter(node=node).exclude(
-            state__in=[VE.State.DESTROYED, VE.State.CREATING]).only(
-            "id", "veid", "state", "nproc", "state_changed_at", "traffic").order_by("id"):
+    for ve in VE.objects.filter(node=node).exclude(state__in=[VE.State.DESTROYED, VE.State.CREATING]).only(
+            "id", "veid", "state", "nproc", "state_changed_at", "traffic"):
         item = seen.get(ve.veid)
         if item is not None:
-            # The last counters of veths that went away (stop, reboot, halt inside the VE),
-            # then the current veth's.
-            finals = item.get("traffic_final") if isinstance(item.get("traffic_final"), list) else []
-            total = ve.traffic
-            for raw in [*finals[:16], item.get("traffic")]:
-                if isinstance(raw, dict):
-                    total = accumulate_traffic(total, raw)
+            total = _item_traffic(ve.traffic, item)
             if total != ve.traffic:
                 ve.traffic = total
                 changed.append(ve)
@@ -380,9 +372,28 @@ def _apply_inventory(node: Node, inventory: list, now, sampled_at: float | None 
             if not changed or changed[-1] is not ve:
                 changed.append(ve)
     if changed:
+        # The totals are added to under the rows' locks, taken in a fixed order: a job's
+        # result (a stop's final counters) adds to the same rows.
+        fresh = dict(VE.objects.select_for_update().filter(pk__in=[v.pk for v in changed]).order_by("id")
+                     .values_list("id", "traffic"))
+        for ve in changed:
+            item = seen.get(ve.veid)
+            base = fresh.get(ve.pk, ve.traffic)
+            ve.traffic = _item_traffic(base, item) if item is not None else base
         VE.objects.bulk_update(changed, ["state", "nproc", "state_changed_at", "traffic"])
     if samples and sampled_at is not None:
         _apply_usage_samples(samples, sampled_at)
+
+
+def _item_traffic(total: dict, item: dict) -> dict:
+    """A VE's traffic totals with an inventory item's counters added: the last counters of
+    its veths that went away (``traffic_final``: stop, reboot, halt inside the VE), then
+    its current veth's (``traffic``)."""
+    finals = item.get("traffic_final") if isinstance(item.get("traffic_final"), list) else []
+    for raw in [*finals[:16], item.get("traffic")]:
+        if isinstance(raw, dict):
+            total = accumulate_traffic(total, raw)
+    return total
 
 
 def _apply_usage_samples(samples: dict, sampled_at: float) -> None:

@@ -576,3 +576,21 @@ def test_the_staff_ve_suspension_refuses_bad_input_and_changes_nothing(client, i
     r = client.post(reverse("panel:staff-ve-suspend", kwargs={"ve_id": ve.pk}), data, follow=True)
     assert r.status_code == 200 and message in r.content.decode()
     assert not Suspension.objects.exists() and not AuditEvent.objects.filter(action="ve.suspend").exists()
+
+
+def test_the_staff_ve_list_marks_suspended_ves(client, idle_node, people, tenant, other_tenant):
+    from panel.services import suspensions
+
+    held = make_ve(tenant, "held1")
+    make_ve(tenant, "free1")
+    theirs = make_ve(other_tenant, "held2")
+    suspensions.ve_suspend(ve=held, by="admin", reason="maintenance", actor=people.staff)
+    suspensions.tenant_suspend(tenant=other_tenant, by="billing", reason="unpaid", actor=people.staff)
+    signed_in(client, people.staff)
+    html = client.get(reverse("panel:staff-ves")).content.decode()
+    rows = re.findall(r"<tr>.*?</tr>", html.split("<tbody>", 1)[1], re.S)
+    assert len(rows) == 3
+    marked = {h for h in ("held1", "free1", "held2") for r in rows if f"<td>{h}</td>" in r
+              and 'data-state="suspended"' in r}
+    assert marked == {"held1", "held2"}, marked  # its own suspension, and its tenant's
+    assert theirs.tenant == other_tenant

@@ -53,6 +53,7 @@ def staff_ves_view(request):
     tenant_slug = request.GET.get("tenant", "")
     if tenant_slug:
         qs = qs.filter(tenant__slug=tenant_slug[:63])
+    qs = qs.annotate(suspended=suspension_services.suspended_expression())
     return render(request, "staff/ves.html", {
         "page": page_of(qs, request.GET.get("page")), "states": VE_STATES, "state": state, "q": q,
         "node": node, "tenant": tenant_slug, "sort": sort, **_filter_choices()})

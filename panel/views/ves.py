@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.db.models import Exists, OuterRef, Q
 from django.shortcuts import redirect, render
 from django.template.loader import render_to_string
 from django.urls import reverse
@@ -15,11 +14,11 @@ from django.views.decorators.http import require_http_methods, require_POST
 from panel import access
 from panel.forms import (VEAddressAddForm, VEAddressRemoveForm, VECreateForm, VEDestroyForm, VEHostnameForm,
                          VEPasswordForm, VEPlanForm, VEResourcesForm, VESuspendForm)
-from panel.models import VE, Job, Membership, Suspension
+from panel.models import VE, Job, Membership
 from panel.services import network as net_services
 from panel.services import ves as ve_services
 from panel.services.errors import Forbidden, InvalidInput, NotFound, ServiceError
-from panel.services.suspensions import suspension_status
+from panel.services.suspensions import suspended_expression, suspension_status
 from panel.templatetags.hako import LABELS, size
 
 from .common import can_operate, current_tenant, http_errors, require_tenant, role_of
@@ -40,9 +39,7 @@ def ve_list_view(request):
     # three joined models cost as much as rendering them.
     qs = qs.select_related(None).select_related("template").only(
         "id", "veid", "state", "nproc", "addresses", "hostname", "memory", "disk", "template__name").annotate(
-        # A badge on suspended VEs, in the same query: its own or its tenant's suspension.
-        suspended=Exists(Suspension.objects.filter(lifted_at__isnull=True).filter(
-            Q(ve_id=OuterRef("pk")) | Q(ve__isnull=True, tenant_id=OuterRef("tenant_id")))))
+        suspended=suspended_expression())  # a badge on suspended VEs, in the same query
     page = page_of(qs, request.GET.get("page"), request.GET.get("per_page"))
     # The rows come from a Jinja2 partial: Django's engine took ~150 ms for 1,000 rows.
     rows_html = render_to_string("ves/_rows.html", {

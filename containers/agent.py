@@ -59,7 +59,12 @@ class Agent:
         self.hb_seq = 0
         self._stop = threading.Event()
         self.node_info: dict = {}  # what prepare_host did (tuning), for the heartbeat
-        self._shaped: dict[int, int] = {}
+        # Network of the VEs' veths, kept by the netlink watcher (containers/network.py):
+        self._net_lock = threading.Lock()
+        self._plumbed: dict[int, int] = {}  # veid -> ifindex of the veth plumbed last
+        self._replumbing: set[tuple[int, int]] = set()  # (veid, ifindex) being plumbed now
+        self._seen_traffic: dict[int, dict] = {}  # veid -> last counters seen of its veth
+        self._final_traffic: dict[int, list] = {}  # veid -> last counters of veths gone, unsent
         self._unsent_peaks: dict[int, int] = {}  # memory peaks read for a heartbeat not yet sent
         self.migrations = Migrations(cfg, self.runtime, self.fault)
 
@@ -93,6 +98,7 @@ class Agent:
         sampled = time.time()  # before the inventory: the panel ignores it for rows changed since
         inventory = self.runtime.inventory()
         self.attach_usage(inventory)
+        finals = self.attach_traffic(inventory)
         body = m.heartbeat_body(
             node=self.cfg.node, instance=self.instance, seq=self.hb_seq, capacity=self.capacity(),
             inventory=inventory, now=sampled,
@@ -103,6 +109,38 @@ class Agent:
         self.send(m.TASK_PANEL_HEARTBEAT, body)
         # Sent: the peaks read (and reset in the kernel) for it have reached the broker.
         self._unsent_peaks.clear()
+        with self._net_lock:
+            for veid, sent in finals.items():
+                left = [t for t in self._final_traffic.get(veid, []) if t not in sent]
+                if left:
+                    self._final_traffic[veid] = left
+                else:
+                    self._final_traffic.pop(veid, None)
+
+    def attach_traffic(self, inventory: list) -> dict[int, list]:
+        """Remember each veth's counters, and add to the inventory the last counters of the
+        VEs' veths that went away since the last heartbeat sent (``traffic_final``: a stop,
+        a reboot or a halt inside the VE). Returns what was attached (all kept finals:
+        those of VEs no longer listed are dropped with it)."""
+        with self._net_lock:
+            for item in inventory:
+                if isinstance(item.get("traffic"), dict):
+                    self._note_traffic(item["veid"], item["traffic"])
+            finals = {veid: list(ts) for veid, ts in self._final_traffic.items()}
+        for item in inventory:
+            if item["veid"] in finals:
+                item["traffic_final"] = finals[item["veid"]][-16:]
+        return finals
+
+    def _note_traffic(self, veid: int, traffic: dict) -> None:
+        """Keep the highest counters seen of a VE's current veth (caller holds _net_lock)."""
+        seen = self._seen_traffic.get(veid)
+        if seen is None or seen.get("link") != traffic.get("link"):
+            self._seen_traffic[veid] = dict(traffic)
+        else:
+            for k, v in traffic.items():
+                if k != "link":
+                    seen[k] = max(seen.get(k, 0), v)
 
     def attach_usage(self, inventory: list) -> None:
         """Add each running VE's CPU and memory sample (``usage``) to the heartbeat's
@@ -283,9 +321,12 @@ class Agent:
             return rt.stop(job.veid, log_line, timeout=_arg_int(job.args, "timeout", self.cfg.stop_timeout),
                            kill=job.args.get("kill") is True)
         if job.op == "restart":
-            rt.stop(job.veid, log_line)
+            stopped = rt.stop(job.veid, log_line)
             self.fault("restart")()
-            return rt.start(spec, gen, log_line)
+            result = rt.start(spec, gen, log_line)
+            if "traffic" in stopped:  # the counters of the veth the stop removed
+                result["traffic"] = stopped["traffic"]
+            return result
         if job.op == "destroy":
             return rt.destroy(job.veid, log_line)
         if job.op == "set":
@@ -452,20 +493,89 @@ class Agent:
                     except RuntimeError_ as e:
                         log.warning("VE %s: %s", item["veid"], e)
 
-    def on_new_link(self, veid: int) -> None:
-        """A VE's host interface appeared (start, or reboot from inside): re-apply shaping."""
-        spec = self.runtime.load_spec(veid)
-        if spec is None or not (spec.rate_in or spec.rate_out):
-            return
+    def on_new_link(self, veid: int, ifindex: int, traffic: dict) -> None:
+        """Netlink watcher: a VE's veth appeared or changed. A veth not plumbed yet (a
+        reboot from inside the VE; a start, whose job plumbs it too) gets the full plumb of
+        a start (Runtime.plumb) on a thread of its own, once the VE runs."""
+        if self.runtime.load_spec(veid) is None:
+            return  # not a VE of this node (another agent on the machine)
+        with self._net_lock:
+            self._note_traffic(veid, traffic)
+            if self._plumbed.get(veid) == ifindex or (veid, ifindex) in self._replumbing:
+                return  # a flag or carrier change of a veth plumbed already
+            self._replumbing.add((veid, ifindex))
+        threading.Thread(target=self._replumb, args=(veid, ifindex), name=f"plumb-{veid}", daemon=True).start()
+
+    def _replumb(self, veid: int, ifindex: int, wait: float = 60.0) -> None:
+        rt = self.runtime
         try:
-            ifindex = self.runtime.net.ifindex(veid)
+            deadline = time.monotonic() + wait
+            while True:  # LXC makes the veth before the VE's init runs: wait for RUNNING
+                if rt.net.ifindex(veid) != ifindex:
+                    return  # gone again, or replaced: its own event handles the new one
+                if rt.lxc_state(veid) == "RUNNING":
+                    break
+                if time.monotonic() > deadline or self._stop.is_set():
+                    log.warning("VE %s: its new interface never saw the VE running", veid)
+                    return
+                time.sleep(0.2)
+            # The VE's lock: a start job plumbs this veth too (and records it), a stop
+            # unplumbs; never both at once, and never twice.
+            with self.ve_lock(veid):
+                spec = rt.load_spec(veid)
+                if spec is None or rt.net.ifindex(veid) != ifindex or not rt.is_running(veid):
+                    return
+                if rt.plumbed_link(veid) != ifindex:
+                    rt.plumb(spec)
+                    log.info("VE %s: network plumbed on its new interface (reboot inside the VE)", veid)
+            with self._net_lock:
+                self._plumbed[veid] = ifindex
         except Exception:
+            log.exception("VE %s: plumbing its new interface failed", veid)
+        finally:
+            with self._net_lock:
+                self._replumbing.discard((veid, ifindex))
+
+    def on_link_gone(self, veid: int, ifindex: int, traffic: dict) -> None:
+        """Netlink watcher: a VE's veth went away. Its last counters go out with the next
+        heartbeat; and if the VE halted itself (no stop job), what its stop would have
+        removed is removed (the IFB device of its shaping)."""
+        if self.runtime.load_spec(veid) is None:
             return
-        if ifindex is None or self._shaped.get(veid) == ifindex:
-            return
-        self.runtime.net.shape(veid, spec.rate_in, spec.rate_out)
-        self._shaped[veid] = ifindex
-        log.info("VE %s: shaping re-applied on its new interface", veid)
+        with self._net_lock:
+            seen = self._seen_traffic.pop(veid, None)
+            final = dict(traffic)
+            # The host side's rx counters come from the peer, gone first: keep what was seen.
+            if seen is not None and seen.get("link") == final.get("link"):
+                for k, v in seen.items():
+                    if k != "link":
+                        final[k] = max(final.get(k, 0), v)
+            self._final_traffic.setdefault(veid, []).append(final)
+            if self._plumbed.get(veid) == ifindex:
+                del self._plumbed[veid]
+        threading.Thread(target=self._cleanup_if_halted, args=(veid,), name=f"unplumb-{veid}", daemon=True).start()
+
+    def _cleanup_if_halted(self, veid: int, wait: float = 60.0) -> None:
+        rt = self.runtime
+        try:
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline and not self._stop.is_set():
+                time.sleep(0.5)
+                if rt.net.ifindex(veid) is not None:
+                    return  # rebooted (or started again): it is plumbed by its new link
+                if rt.lxc_state(veid) == "STOPPED":
+                    break
+            else:
+                return
+            with self.ve_lock(veid):  # after a stop job's own unplumb, this finds nothing to do
+                if rt.net.ifindex(veid) is None and not rt.is_running(veid):
+                    leftover = rt.net.leftover(veid)
+                    rt.net.unplumb(veid, running_here=False)
+                    rt.forget_plumbed(veid)
+                    if leftover:
+                        log.info("VE %s stopped without a stop job: removed %s", veid, ", ".join(leftover))
+        except Exception:
+            log.exception("VE %s: cleanup after it stopped failed", veid)
 
 
 def _arg_int(args: dict, name: str, default: int) -> int:
@@ -503,7 +613,8 @@ def make_app(cfg: AgentConfig) -> tuple[Celery, Agent]:
         from .console import ConsoleRelay
         threading.Thread(target=ConsoleRelay(agent.cfg, agent.runtime).run, args=(agent._stop,),
                          name="console", daemon=True).start()
-        threading.Thread(target=agent.runtime.net.watch_links, args=(agent.on_new_link, agent._stop),
+        threading.Thread(target=agent.runtime.net.watch_links,
+                         args=(agent.on_new_link, agent._stop, agent.on_link_gone),
                          name="netlink", daemon=True).start()
 
     @worker_shutdown.connect(weak=False)

@@ -43,6 +43,49 @@ class NetworkError(RuntimeError):
     pass
 
 
+def _boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()[:8]
+    except OSError:
+        return "0"
+
+
+# A VE's counters live on its veth, which is new at every start (also a reboot from
+# inside): "<host boot>-<ifindex>" names one veth for the panel, which counts each link's
+# counters from zero (ifindexes only grow until the host reboots, hence the boot id).
+BOOT_ID = _boot_id()
+
+
+def link_id(ifindex: int) -> str:
+    return f"{BOOT_ID}-{ifindex}"
+
+
+def traffic_of(ifindex: int, stats: dict) -> dict:
+    """A veth's counters in the VE's terms (host rx = VE out), with the link's identity."""
+    return {"in_bytes": stats.get("tx_bytes", 0), "out_bytes": stats.get("rx_bytes", 0),
+            "in_packets": stats.get("tx_packets", 0), "out_packets": stats.get("rx_packets", 0),
+            "link": link_id(ifindex)}
+
+
+def _mirred_targets(nla, out: list) -> list:
+    """The ifindexes that the mirred actions of a tc filter message redirect to."""
+    for name, val in nla.get("attrs", []) or []:
+        if name == "TCA_MIRRED_PARMS":
+            out.append(val["ifindex"])
+        elif hasattr(val, "get"):
+            _mirred_targets(val, out)
+    return out
+
+
+def _tbf_rate(ipr, index: int) -> int | None:
+    """Rate in bytes/s of the TBF at the root of ``index``; None when the root is not ours."""
+    for q in ipr.get_qdiscs(index=index):
+        if q["parent"] == 0xFFFFFFFF and q.get_attr("TCA_KIND") == "tbf" and q["handle"] == 0x10000:
+            return (q.get_nested("TCA_OPTIONS", "TCA_TBF_PARMS") or {}).get("rate")
+    return None
+
+
 def host_ifname(veid: int) -> str:
     return f"vz{veid}"
 
@@ -91,11 +134,24 @@ def _in_ve(pid: int, *argv: str, check: bool = True) -> str:
     return proc.stdout
 
 
+def _proxy_on(ifname: str, version: int) -> None:
+    """Proxy ARP (v4) or NDP (v6) on a VE's host interface: it answers for the VE's
+    gateway. LXC's router mode turns it on only for a family the VE starts with."""
+    key = f"ipv4/conf/{ifname}/proxy_arp" if version == 4 else f"ipv6/conf/{ifname}/proxy_ndp"
+    try:
+        with open(f"/proc/sys/net/{key}", "w") as f:
+            f.write("1")
+    except FileNotFoundError:
+        pass
+
+
 def _readd_nodad(ipr, index: int, addresses: list[tuple[str, int]]) -> None:
-    """Re-add ``addresses`` and the interface's link-local address with IFA_F_NODAD."""
+    """Re-add ``addresses`` and the interface's link-local address with IFA_F_NODAD
+    (a link-local address that has the flag already is left alone: plumb runs again)."""
     targets = list(addresses) + [
         (rec.get_attr("IFA_ADDRESS"), rec["prefixlen"]) for rec in ipr.get_addr(index=index, family=10)
-        if (rec.get_attr("IFA_ADDRESS") or "").startswith("fe80:")]
+        if (rec.get_attr("IFA_ADDRESS") or "").startswith("fe80:")
+        and not (rec.get_attr("IFA_FLAGS") or rec["flags"]) & IFA_F_NODAD]
     for a, plen in targets:
         try:
             ipr.addr("del", index=index, address=a, prefixlen=plen)
@@ -172,6 +228,8 @@ class HostNetwork:
             except FileNotFoundError:
                 pass
         families = {ipaddress.ip_address(a).version for a in addresses}
+        for version in families:
+            _proxy_on(ifname, version)
         with IPRoute() as ipr:
             idx = ipr.link_lookup(ifname=ifname)
             if not idx:
@@ -199,9 +257,20 @@ class HostNetwork:
         addresses with IFA_F_NODAD, so we do.
         """
         v6 = [a for a in addresses if ipaddress.ip_address(a).version == 6]
-        listing = _in_ve(pid, "ip", "-6", "-o", "addr", "show", "dev", "venet0", "scope", "link")
-        inner_ll = [t[t.index("inet6") + 1] for t in (line.split() for line in listing.splitlines()) if "inet6" in t]
-        for a in [f"{x}/128" for x in v6] + inner_ll:
+        # Idempotent: plumb runs after every start and again when the VE's veth reappears;
+        # an address that has "nodad" already is not removed and re-added (that would
+        # drop it for a moment under a running service).
+        listing = _in_ve(pid, "ip", "-6", "-o", "addr", "show", "dev", "venet0")
+        have_nodad, inner_ll = set(), []
+        for t in (line.split() for line in listing.splitlines()):
+            if "inet6" not in t:
+                continue
+            a = t[t.index("inet6") + 1]
+            if "nodad" in t:
+                have_nodad.add(a)
+            elif a.startswith("fe80:"):
+                inner_ll.append(a)
+        for a in [f"{x}/128" for x in v6 if f"{x}/128" not in have_nodad] + inner_ll:
             _in_ve(pid, "ip", "-6", "addr", "del", a, "dev", "venet0", check=False)
             _in_ve(pid, "ip", "-6", "addr", "add", a, "dev", "venet0", "nodad")
         with IPRoute() as ipr:
@@ -225,6 +294,12 @@ class HostNetwork:
                     except NetlinkError:
                         pass
 
+    @staticmethod
+    def leftover(veid: int) -> list[str]:
+        """The host links of a VE that exist now (its veth, its IFB)."""
+        with IPRoute() as ipr:
+            return [n for n in (host_ifname(veid), ifb_ifname(veid)) if ipr.link_lookup(ifname=n)]
+
     def shape(self, veid: int, rate_in: int, rate_out: int) -> None:
         """Bandwidth limits in bits/s (0 = none): to the VE on vz<veid>, from it on the IFB."""
         ifname, ifb = host_ifname(veid), ifb_ifname(veid)
@@ -232,6 +307,8 @@ class HostNetwork:
             (idx,) = ipr.link_lookup(ifname=ifname) or (None,)
             if idx is None:
                 raise NetworkError(f"host interface {ifname} is missing")
+            if self._shaped_as(ipr, idx, ifb, rate_in, rate_out):
+                return  # already right: no window without a limit, nothing torn down
             for handle, parent in ((0x10000, 0xFFFFFFFF), (0xFFFF0000, 0xFFFFFFF1)):  # root, ingress
                 try:
                     ipr.tc("del", index=idx, handle=handle, parent=parent)
@@ -254,6 +331,22 @@ class HostNetwork:
                        action={"kind": "mirred", "direction": "egress", "action": "redirect",
                                "ifindex": ifb_idx})
 
+    @staticmethod
+    def _shaped_as(ipr, idx: int, ifb: str, rate_in: int, rate_out: int) -> bool:
+        """Whether ``vz<veid>`` (index ``idx``) is shaped exactly as asked already."""
+        if _tbf_rate(ipr, idx) != (rate_in // 8 if rate_in else None):
+            return False
+        ifb_idx = (ipr.link_lookup(ifname=ifb) or [None])[0]
+        if not rate_out:
+            return ifb_idx is None and not any(q["parent"] == 0xFFFFFFF1 for q in ipr.get_qdiscs(index=idx))
+        if ifb_idx is None or _tbf_rate(ipr, ifb_idx) != rate_out // 8:
+            return False
+        try:
+            filters = ipr.get_filters(index=idx, parent=0xFFFF0000)
+        except NetlinkError:
+            return False
+        return any(ifb_idx in _mirred_targets(f, []) for f in filters)
+
     def set_addresses(self, veid: int, pid: int, old: list[str], new: list[str]) -> list[str]:
         """Add and remove addresses live on a running VE: inside on venet0, routes outside."""
         added = [a for a in new if a not in old]
@@ -268,6 +361,7 @@ class HostNetwork:
             had = any(ipaddress.ip_address(a).version == version for a in old)
             has = any(ipaddress.ip_address(a).version == version for a in new)
             if has and not had:  # the family's first address: the gateway LXC did not set up
+                _proxy_on(ifname, version)
                 flag = "-4" if version == 4 else "-6"
                 if version == 4:
                     _in_ve(pid, "ip", "-4", "route", "replace", gateway, "dev", "venet0", "scope", "link")
@@ -312,14 +406,25 @@ class HostNetwork:
                 name = link.get_attr("IFLA_IFNAME") or ""
                 if not (name.startswith("vz") and name[2:].isdigit()):
                     continue
-                s = link.get_attr("IFLA_STATS64") or {}
-                out[int(name[2:])] = {"in_bytes": s.get("tx_bytes", 0), "out_bytes": s.get("rx_bytes", 0),
-                                      "in_packets": s.get("tx_packets", 0), "out_packets": s.get("rx_packets", 0)}
+                out[int(name[2:])] = traffic_of(link["index"], link.get_attr("IFLA_STATS64") or {})
         return out
 
-    def watch_links(self, on_new_link, stop: threading.Event) -> None:
-        """Call ``on_new_link(veid)`` whenever a ``vz<veid>`` interface appears (a VE
-        started, also by rebooting itself), so shaping is re-applied at every start."""
+    @staticmethod
+    def link_counters(veid: int) -> dict | None:
+        """One VE's counters (as :meth:`counters`), None when its veth is not there."""
+        with IPRoute() as ipr:
+            for idx in ipr.link_lookup(ifname=host_ifname(veid)):
+                (link,) = ipr.get_links(idx)
+                return traffic_of(idx, link.get_attr("IFLA_STATS64") or {})
+        return None
+
+    def watch_links(self, on_new_link, stop: threading.Event, on_link_gone=None) -> None:
+        """Call ``on_new_link(veid, ifindex)`` for every RTM_NEWLINK of a ``vz<veid>``
+        interface (a VE started, also by rebooting itself; or a flag or carrier change of
+        its veth) and ``on_link_gone(veid, ifindex, traffic)`` when one goes away (a stop,
+        a reboot, a halt from inside), with the last counters the kernel reported for it.
+
+        Callbacks must return quickly: they run on the one thread reading the socket."""
         with IPRoute() as ipr:
             ipr.bind()
             while not stop.is_set():
@@ -329,11 +434,16 @@ class HostNetwork:
                     log.exception("netlink watch failed")
                     return
                 for msg in msgs:
-                    if msg.get("event") != "RTM_NEWLINK":
+                    event = msg.get("event")
+                    if event not in ("RTM_NEWLINK", "RTM_DELLINK"):
                         continue
                     name = msg.get_attr("IFLA_IFNAME") or ""
-                    if name.startswith("vz") and name[2:].isdigit():
-                        try:
-                            on_new_link(int(name[2:]))
-                        except Exception:
-                            log.exception("re-plumbing %s failed", name)
+                    if not (name.startswith("vz") and name[2:].isdigit()):
+                        continue
+                    handler = on_new_link if event == "RTM_NEWLINK" else on_link_gone
+                    if handler is None:
+                        continue
+                    try:
+                        handler(int(name[2:]), msg["index"], traffic_of(msg["index"], msg.get_attr("IFLA_STATS64") or {}))
+                    except Exception:
+                        log.exception("handling a link event of %s failed", name)

@@ -838,13 +838,39 @@ class Runtime:
                         pass
 
     def plumb(self, spec: VESpec) -> None:
-        """Host-side network of a running VE (routes, shaping); idempotent."""
+        """Host-side network of a running VE (routes, proxy entries, per-interface
+        settings, shaping, addresses without DAD); idempotent. Runs after every start and,
+        from the agent's netlink watcher, when a reboot inside the VE made a new veth;
+        the veth's ifindex is recorded so that the two do not plumb it twice."""
         try:
+            ifindex = self.net.ifindex(spec.veid)
             self.net.plumb(spec.veid, list(spec.addresses), spec.rate_in, spec.rate_out)
             if any(":" in a for a in spec.addresses):
                 self.net.skip_dad(spec.veid, self.init_pid(spec.veid), list(spec.addresses))
         except (network.NetworkError, OSError) as e:
             raise RuntimeError_(f"network setup failed: {e}") from None
+        if ifindex is not None:
+            path = self.plumbed_file(spec.veid)
+            path.parent.mkdir(exist_ok=True)
+            path.write_text(f"{ifindex}\n")
+
+    def plumbed_file(self, veid: int) -> Path:
+        return self.cfg.state / "net" / f"{veid}.link"
+
+    def plumbed_link(self, veid: int) -> int | None:
+        """The ifindex of the veth that :meth:`plumb` last completed for this VE."""
+        try:
+            return int(self.plumbed_file(veid).read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def forget_plumbed(self, veid: int) -> None:
+        self.plumbed_file(veid).unlink(missing_ok=True)
+
+    def lxc_state(self, veid: int) -> str:
+        """LXC's word for the VE's state (RUNNING, STOPPED, STARTING, ...); "" if unknown."""
+        proc = _run(self.lxc("info", veid, "-s", "-H"), check=False, timeout=15)
+        return proc.stdout.decode(errors="replace").strip() if proc.returncode == 0 else ""
 
     def _lxc_log_tail(self, veid: int) -> str:
         """The first error LXC logged for this VE's last start: usually the cause."""
@@ -859,7 +885,14 @@ class Runtime:
         if not self.exists(veid):
             raise RuntimeError_(f"VE {veid} does not exist on this node")
         was_running = self.is_running(veid)
+        traffic = None
         if was_running:
+            # The veth's counters before it goes with the VE (the agent's watcher adds what
+            # the shutdown itself sent, from the kernel's last word on the link).
+            try:
+                traffic = self.net.link_counters(veid)
+            except Exception:
+                traffic = None
             timeout = self.cfg.stop_timeout if timeout is None else timeout
             if kill:
                 log("Killing VE")
@@ -876,19 +909,23 @@ class Runtime:
         else:
             log(f"VE {veid} is not running")
         self.net.unplumb(veid, running_here=was_running)
+        if was_running:
+            self.forget_plumbed(veid)
         self.umount(veid)
-        return {"state": "stopped", "nproc": 0}
+        return {"state": "stopped", "nproc": 0, **({"traffic": traffic} if traffic else {})}
 
     def destroy(self, veid: int, log: Log) -> dict:
+        stopped = {}
         if self.exists(veid) and self.is_running(veid):
-            self.stop(veid, log, kill=True)
+            stopped = self.stop(veid, log, kill=True)
         log("Destroying VE private area")
         self._remove(veid)
         log(f"VE {veid} destroyed")
-        return {"state": "absent"}
+        return {"state": "absent", **({"traffic": stopped["traffic"]} if "traffic" in stopped else {})}
 
     def _remove(self, veid: int) -> None:
         self.net.unplumb(veid, running_here=self.is_running(veid))
+        self.forget_plumbed(veid)
         self.remove_disk(veid)
 
     def remove_disk(self, veid: int) -> None:
@@ -930,12 +967,28 @@ class Runtime:
         self.save_spec(spec, generation)
         if running:
             self.write_config(spec)
+            identity_of = lambda s: (s.hostname, hosts_file(s), resolv_conf(s))  # noqa: E731
+            if old is None or identity_of(old) != identity_of(spec):
+                # /etc/hosts names the VE's first address and resolv.conf its nameservers:
+                # rewritten live when they change (ipadd/ipdel, --nameserver, --searchdomain).
+                self.write_identity_live(spec)
             if old is not None and old.hostname != spec.hostname:
-                self.write_identity(spec)
                 _run(self.lxc("attach", spec.veid, "--clear-env", "--", "hostname", spec.hostname), check=False)
                 log(f"Set hostname: {spec.hostname}")
         log("Saved parameters for VE %d" % spec.veid)
         return {"state": "running" if running else "stopped", "nproc": self.nproc(spec.veid) or 0}
+
+    def write_identity_live(self, spec: VESpec) -> None:
+        """:meth:`write_identity` into a running VE's root. A layered VE runs on an
+        idmapped view where host root has no id: there the files are written as the VE's
+        root (which also keeps the VE's own ownership of them)."""
+        try:
+            if self._run_view_mounted(spec.veid):
+                layers.as_fs_id(spec.uid_base, lambda: self.write_identity(spec))
+            else:
+                self.write_identity(spec)
+        except OSError as e:
+            raise RuntimeError_(f"cannot write the VE's /etc: {e.strerror}") from None
 
     def passwd(self, veid: int, password_hash: str, log: Log) -> dict:
         """Set the root password of a VE to ``password_hash`` (validated ``$6$`` crypt).

@@ -16,6 +16,7 @@ import asyncio
 import json
 import logging
 import time
+from types import SimpleNamespace
 from urllib.parse import parse_qs, urlsplit
 
 from channels.db import database_sync_to_async
@@ -25,8 +26,10 @@ from django.http.request import split_domain_port, validate_host
 
 from containers import console as wire
 from panel import access
+from panel.middleware import request_address
 from panel.models import Membership
 from panel.services import console as svc
+from panel.services.audit import client_address
 from panel.services.errors import ServiceError
 
 log = logging.getLogger("hako.console")
@@ -60,17 +63,34 @@ def origin_ok(scope) -> bool:
     return f"{parts.scheme}://{parts.netloc}" == origin.rstrip("/") and origin.rstrip("/") == f"{scheme}://{host}"
 
 
-def _open(user, ve_id, ticket: str, cols: int, rows: int):
+def _peer(scope) -> str | None:
+    """The WebSocket client's address, for the session's audit records: the HTTP
+    middleware that fills it for pages does not see WebSockets. The same rule: the ASGI
+    peer, or X-Forwarded-For only when the peer is a trusted proxy."""
+    client = scope.get("client")
+    meta = {"REMOTE_ADDR": client[0] if client else "",
+            "HTTP_X_FORWARDED_FOR": _header(scope, b"x-forwarded-for") or ""}
+    return request_address(SimpleNamespace(META=meta))
+
+
+def _open(user, ve_id, ticket: str, cols: int, rows: int, address: str | None = None):
     """Consume the ticket and open the session (sync: ORM and Redis)."""
     from panel.access import audit_denial
 
-    data = svc.ticket_consume(ticket)
-    if (not data or not getattr(user, "is_authenticated", False) or data.get("user") != user.pk
-            or data.get("ve") != str(ve_id)):
-        audit_denial(user, None, "console-ticket", {"ve": str(ve_id)[:64]}, "web")
-        raise PermissionError("no valid console ticket")
-    ve = access.ve_get(user, ve_id, min_role=Membership.Role.OPERATOR)
-    return svc.console_open(ve=ve, actor=user, kind=data.get("kind", "shell"), cols=cols, rows=rows, source="web")
+    with client_address(address, "web"):
+        data = svc.ticket_consume(ticket)
+        if (not data or not getattr(user, "is_authenticated", False) or data.get("user") != user.pk
+                or data.get("ve") != str(ve_id)):
+            audit_denial(user, None, "console-ticket", {"ve": str(ve_id)[:64]}, "web")
+            raise PermissionError("no valid console ticket")
+        ve = access.ve_get(user, ve_id, min_role=Membership.Role.OPERATOR)
+        return svc.console_open(ve=ve, actor=user, kind=data.get("kind", "shell"), cols=cols, rows=rows,
+                                source="web")
+
+
+def _close(session, address: str | None, **kwargs):
+    with client_address(address, "web"):
+        return svc.console_close(session, **kwargs)
 
 
 class ConsoleConsumer(AsyncWebsocketConsumer):
@@ -96,7 +116,7 @@ class ConsoleConsumer(AsyncWebsocketConsumer):
         try:
             self.session, self.relay_id = await database_sync_to_async(_open)(
                 self.scope.get("user"), self.scope["url_route"]["kwargs"]["ve_id"], qs.get("ticket", [""])[0],
-                max(1, min(cols, wire.MAX_COLS)), max(1, min(rows, wire.MAX_ROWS)))
+                max(1, min(cols, wire.MAX_COLS)), max(1, min(rows, wire.MAX_ROWS)), _peer(self.scope))
         except (PermissionError, ServiceError) as e:
             log.info("console: handshake refused: %s", getattr(e, "message", e))
             await self.close(code=4403)
@@ -207,8 +227,8 @@ class ConsoleConsumer(AsyncWebsocketConsumer):
         try:
             await self.push(wire.F_CLOSE)  # the node ends the child (a no-op if it exited)
         finally:
-            await database_sync_to_async(svc.console_close)(
-                self.session, bytes_in=self.bytes_in, bytes_out=self.bytes_out, exit_code=self.exit_code,
+            await database_sync_to_async(_close)(
+                self.session, _peer(self.scope), bytes_in=self.bytes_in, bytes_out=self.bytes_out, exit_code=self.exit_code,
                 reason=self.reason)
             await self.redis.aclose()
             self.session = None

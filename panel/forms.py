@@ -28,8 +28,21 @@ class VECreateForm(forms.Form):
                                     widget=forms.PasswordInput(render_value=False),
                                     help_text=_("Optional. Sent to the node only as a hash."))
 
+    addresses = forms.CharField(label=_("IP addresses"), max_length=3000, required=False,
+                                help_text=_("Free addresses from the node's pools, separated by spaces. Empty: the "
+                                            "next free ones (the plan's number, or one per address family)."))
+    nameservers = forms.CharField(label=_("Nameservers"), max_length=200, required=False,
+                                  help_text=_("Up to 3 DNS server addresses, separated by spaces."))
+    searchdomain = forms.CharField(label=_("Search domains"), max_length=253, required=False,
+                                   help_text=_("Domain names separated by spaces, e.g. example.com."))
+    rate_in = forms.CharField(label=_("Bandwidth limit to the VE (bit/s)"), max_length=20, required=False,
+                              help_text=_("For example 100M; 0 = unlimited. Empty: the plan's or unlimited."))
+    rate_out = forms.CharField(label=_("Bandwidth limit from the VE (bit/s)"), max_length=20, required=False)
+
     SIZE_FIELDS = ("memory", "swap", "disk")          # text like 512M; a bare number is MiB
     NUMBER_FIELDS = ("numproc", "cpuunits", "cpulimit")  # whole numbers, checked by the service
+    # Network settings: passed as typed, ve_create checks them (network_settings, allocate).
+    NETWORK_FIELDS = ("nameservers", "searchdomain", "rate_in", "rate_out")
 
     def __init__(self, *args, plans=(), **kwargs):
         super().__init__(*args, **kwargs)
@@ -53,6 +66,11 @@ class VECreateForm(forms.Form):
                 out[field] = data[field]
         if data.get("root_password"):
             out["root_password"] = data["root_password"]
+        if data.get("addresses", "").strip():
+            out["addresses"] = data["addresses"].replace(",", " ").split()
+        for field in self.NETWORK_FIELDS:
+            if data.get(field, "").strip():
+                out[field] = data[field].strip()
         return out
 
     def add_service_error(self, error) -> None:
@@ -158,6 +176,14 @@ class SuspendForm(ServiceErrorsMixin, forms.Form):
     """Suspend or lift a suspension (source: admin); suspending needs a reason."""
 
     reason = forms.CharField(label=_("Reason"), max_length=500, required=False)
+
+
+class VESuspendForm(SuspendForm):
+    """Suspend one VE, or lift its suspension, for a source staff choose; the service
+    checks the reason (needed to suspend, optional to lift)."""
+
+    by = forms.ChoiceField(label=_("Source"), initial="admin",
+                           choices=[("admin", _("administrator")), ("abuse", _("abuse")), ("billing", _("billing"))])
 
 
 class AuditFilterForm(forms.Form):
@@ -274,6 +300,40 @@ class VEPasswordForm(ServiceErrorsMixin, forms.Form):
                 and data["root_password"] != data["root_password_confirm"]:
             self.add_error("root_password_confirm", _("The two passwords do not match."))
         return data
+
+
+class _AddressFormMixin(ServiceErrorsMixin):
+    def add_service_error(self, error) -> None:
+        """The network services name their field ``addresses``: show it on ``address``."""
+        self.add_error("address" if error.field == "addresses" else
+                       error.field if error.field in self.fields else None, error.message)
+
+
+class VEAddressAddForm(_AddressFormMixin, forms.Form):
+    """Add an address to a VE (``ve_ipadd``): a chosen free one from the node's pools, or
+    blank for the next free one of each address family. The service checks it."""
+
+    address = forms.CharField(label=_("Address"), max_length=64, required=False,
+                              help_text=_("A free address from the node's pools, e.g. 198.18.0.20. Blank: the "
+                                          "next free one (IPv4 and IPv6 if the node has both)."))
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("auto_id", "id_ipadd_%s")
+        super().__init__(*args, **kwargs)
+
+    def addresses(self) -> list[str] | None:
+        value = self.cleaned_data["address"].strip()
+        return [value] if value else None
+
+
+class VEAddressRemoveForm(_AddressFormMixin, forms.Form):
+    """Remove one of a VE's addresses (``ve_ipdel``): the buttons next to each address."""
+
+    address = forms.CharField(label=_("Address"), max_length=64)
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("auto_id", "id_ipdel_%s")
+        super().__init__(*args, **kwargs)
 
 
 # --- members -------------------------------------------------------------------------------

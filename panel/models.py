@@ -320,18 +320,30 @@ class AuditEvent(models.Model):
     """Append-only record of a privileged action, written in the same transaction as it.
 
     Values are stored as structured fields, never concatenated into text, so a newline in a
-    hostname cannot forge a second entry. Rows refuse updates and deletes.
+    hostname cannot forge a second entry. Rows refuse updates and deletes: here (the ORM)
+    and, on PostgreSQL and SQLite, in the database itself (a trigger made by migration 0011;
+    on SQLite a later migration that remakes this table must create it again).
+
+    ``actor`` and ``tenant`` are plain references, not constraints: deleting a user or a
+    tenant must not rewrite history (SET_NULL would be an UPDATE of every record), so the
+    records keep their ids and ``actor_label``/``tenant_label`` name who and whose.
+    ``source`` is the channel (web, api, billing:<name>, cli...); ``client_address`` the
+    peer address of the web or API request that made the record (None outside requests).
     """
 
     ts = models.DateTimeField(auto_now_add=True, db_index=True)
-    actor = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True)
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.DO_NOTHING, db_constraint=False,
+                              null=True, blank=True, related_name="+")
     actor_label = models.CharField(max_length=150, blank=True)
-    tenant = models.ForeignKey(Tenant, on_delete=models.SET_NULL, null=True, blank=True)
+    tenant = models.ForeignKey(Tenant, on_delete=models.DO_NOTHING, db_constraint=False, null=True, blank=True,
+                               related_name="+")
+    tenant_label = models.CharField(max_length=63, blank=True)
     action = models.CharField(max_length=64, db_index=True)
     object_type = models.CharField(max_length=32, blank=True)
     object_id = models.CharField(max_length=64, blank=True)
     result = models.CharField(max_length=16, default="ok")
     source = models.CharField(max_length=64, blank=True)
+    client_address = models.GenericIPAddressField(null=True, blank=True)
     detail = models.JSONField(default=dict, blank=True)
 
     objects = AppendOnlyQuerySet.as_manager()

@@ -8,7 +8,7 @@ from django.db.models import Q
 
 from panel.access import is_local_admin, quota_requests_for, require_staff, tenant_get, tenants_for
 from panel.models import AuditEvent, QuotaRequest, Tenant
-from panel.services.errors import InvalidInput
+from panel.services.errors import InvalidInput, NotFound
 from panel.services.quotas import quota_overview
 
 AUDIT_LIMIT_MAX = 10_000
@@ -19,8 +19,10 @@ def audit_for(user, tenant: Tenant | str | None = None, *, action: str | None = 
               until: datetime | None = None, limit: int | None = None):
     """Audit records ``user`` may read, newest first.
 
-    Members read their tenants' records and their own (sign-ins); staff read all. Filters:
-    ``tenant`` (object, id or slug; another tenant's is NotFound), ``action`` (exact, or a
+    Members read their current tenants' records and their own tenant-less ones (sign-ins);
+    staff read all. Filters:
+    ``tenant`` (object, id or slug; another tenant's is NotFound; staff also find a deleted
+    tenant's records by its slug), ``action`` (exact, or a
     prefix ending in '.' such as ``ve.``), ``actor`` (user name), ``object_id`` (a VEID or
     an object's id), ``result``, ``since``/``until`` (aware datetimes) and ``limit``.
     """
@@ -28,9 +30,19 @@ def audit_for(user, tenant: Tenant | str | None = None, *, action: str | None = 
     if not is_local_admin(user):
         if not getattr(user, "is_authenticated", False):
             return qs.none()
-        qs = qs.filter(Q(tenant__in=tenants_for(user)) | Q(actor=user))
+        # Tenant records only of tenants the user belongs to now (a former member reads
+        # nothing more of a tenant they left, not even what they did there); their own
+        # records without a tenant (sign-ins) stay theirs.
+        qs = qs.filter(Q(tenant__in=tenants_for(user)) | Q(actor=user, tenant__isnull=True))
     if tenant is not None:
-        qs = qs.filter(tenant=tenant_get(user, _tenant_pk(tenant)))
+        try:
+            qs = qs.filter(tenant=tenant_get(user, _tenant_pk(tenant)))
+        except NotFound:
+            # A deleted tenant's records keep its slug: staff still find them by it.
+            label = str(tenant)[:63] if isinstance(tenant, str) else None
+            if not (label and is_local_admin(user) and qs.filter(tenant_label=label).exists()):
+                raise
+            qs = qs.filter(tenant_label=label)
     if action:
         qs = qs.filter(action__startswith=action) if action.endswith(".") else qs.filter(action=action)
     if actor:

@@ -15,6 +15,7 @@ HAKO_EMAIL_FROM     sender of the panel's mail (hako@localhost)
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 from pathlib import Path
@@ -110,6 +111,8 @@ SPECTACULAR_SETTINGS = {
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    # Before sessions and authentication: sign-ins are audited with the client address too.
+    "panel.middleware.ClientAddressMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.locale.LocaleMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -234,6 +237,14 @@ HAKO_FIRST_VEID = int(os.environ.get("HAKO_FIRST_VEID", "101"))
 # panel's own LAN, tests). Off: a billing token must not turn the panel worker into a
 # proxy into the provider's internal network or its cloud metadata service (SSRF).
 HAKO_WEBHOOK_ALLOW_PRIVATE = env_bool("HAKO_WEBHOOK_ALLOW_PRIVATE", False)
+# Reverse proxies (addresses or networks, comma-separated) whose X-Forwarded-For is believed
+# for the client address of audit records; empty: the header is ignored (anyone can send it).
+HAKO_TRUSTED_PROXIES = tuple(p.strip() for p in os.environ.get("HAKO_TRUSTED_PROXIES", "").split(",") if p.strip())
+try:
+    for _proxy in HAKO_TRUSTED_PROXIES:
+        ipaddress.ip_network(_proxy, strict=False)
+except ValueError:
+    raise ImproperlyConfigured(f"HAKO_TRUSTED_PROXIES: {_proxy!r} is not an address or network") from None
 
 CELERY_BEAT_SCHEDULE = {
     "reap-lost-nodes-and-expired-jobs": {

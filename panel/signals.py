@@ -1,25 +1,24 @@
 """Signal receivers: every sign-in and every failed sign-in is an audit record (R17).
 
-Connected in PanelConfig.ready(). The source address is the peer address of the request;
-the web issue makes it proxy-aware together with the brute-force lockout.
+Connected in PanelConfig.ready(). The record's ``source`` is the channel (web: the sign-in
+page, Django's admin and SSO links all come through the browser); its client address is
+the request's (panel.middleware.request_address, proxy-aware only for trusted proxies).
 """
 from __future__ import annotations
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.signals import user_logged_in, user_login_failed
 
+from .middleware import request_address
 from .services.audit import audit
 
 
-def request_source(request) -> str:
-    """The address a request came from, for audit records ('' without a request)."""
-    if request is None:
-        return ""
-    return str(getattr(request, "META", {}).get("REMOTE_ADDR", ""))[:64]
+def _address(request) -> str | None:
+    return request_address(request) if getattr(request, "META", None) is not None else None
 
 
 def on_logged_in(sender, request, user, **kwargs):
-    audit(action="auth.login", actor=user, source=request_source(request),
+    audit(action="auth.login", actor=user, source="web", address=_address(request),
           detail={"backend": str(getattr(user, "backend", ""))[:100]})
 
 
@@ -27,7 +26,8 @@ def on_login_failed(sender, credentials, request=None, **kwargs):
     # Django has already masked the password in ``credentials``; only the name is kept.
     field = get_user_model().USERNAME_FIELD
     name = credentials.get(field) or credentials.get("username") or ""
-    audit(action="auth.login_failed", result="failed", source=request_source(request),
+    audit(action="auth.login_failed", result="failed", source="web" if request is not None else "",
+          address=_address(request),
           detail={"username": str(name)[:150]})
 
 

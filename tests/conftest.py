@@ -60,6 +60,17 @@ def pytest_configure(config):
     TransactionTestCase._fixture_teardown = _fixture_teardown
 
 
+@pytest.fixture(autouse=True)
+def _default_language_after_each_test():
+    """A test client request with a Japanese cookie or Accept-Language leaves Japanese
+    active in this thread (LocaleMiddleware activates, nothing deactivates): later tests'
+    service messages would come out translated. Each test starts from the default."""
+    yield
+    from django.utils import translation
+
+    translation.deactivate()
+
+
 @pytest.fixture(scope="session")
 def stack(django_db_setup, django_db_blocker):
     """The running pipeline: panel worker and node agent against the test database."""

@@ -93,3 +93,53 @@ def test_vzlist_matches_vzlist_layout(db, tenant):
     out = StringIO()
     call_command("vzlist", "-a", "-H", "-o", "veid,ostemplate,ram,diskspace,numproc", "102", stdout=out)
     assert out.getvalue().splitlines() == ["       102 busybox          256M         1G      100"]
+
+
+CLI_POOL = "198.18.65.0/24"  # this test's own: routed only inside the machine (unreachable route)
+
+
+@pytest.mark.integration
+def test_vzctl_set_ipadd_and_ipdel_print_what_the_node_did(stack, node, tenant):
+    from panel.models import IPAddress, Job
+    from panel.services import network as net
+    from tests.conftest import run
+
+    V = str(settings.HAKO_FIRST_VEID)
+    net.pool_create(name="cli4", network=CLI_POOL, nodes=[node], range_start="198.18.65.10",
+                    range_end="198.18.65.20")
+    run(Job.objects.filter(kind="node_config").latest("created_at"))
+    try:
+        out = manage(stack, "vzctl", "create", V, "--ostemplate", "busybox", "--tenant", tenant.slug)
+        assert out.returncode == 0, out.stderr
+        out = manage(stack, "vzctl", "start", V)
+        assert out.returncode == 0 and "Adding IP address(es): 198.18.65.10" in out.stdout.splitlines(), out
+
+        out = manage(stack, "vzctl", "set", V, "--ipadd", "198.18.65.15")
+        assert out.returncode == 0, out.stderr
+        lines = out.stdout.splitlines()
+        assert "Adding IP address(es): 198.18.65.15" in lines and f"Saved parameters for VE {V}" in lines, lines
+        assert VE.objects.get(veid=int(V)).addresses == ["198.18.65.10", "198.18.65.15"]
+        assert manage(stack, "vzlist", "-H", "-o", "veid,ip", V).stdout.split() == [V, "198.18.65.10", "198.18.65.15"]
+
+        out = manage(stack, "vzctl", "set", V, "--ipdel", "198.18.65.15")
+        assert out.returncode == 0, out.stderr
+        assert "Deleting IP address(es): 198.18.65.15" in out.stdout.splitlines(), out.stdout
+        assert VE.objects.get(veid=int(V)).addresses == ["198.18.65.10"]
+        assert not IPAddress.objects.filter(address="198.18.65.15").exists()
+
+        # Bad addresses: a clear message, a non-zero exit, nothing reserved or queued.
+        jobs = Job.objects.count()
+        for bad, message in (("1.2.3", "'1.2.3' is not an IP address"),
+                             ("192.0.2.7", f"192.0.2.7 is not in a pool of node {node.name}"),
+                             ("198.18.65.10", f"198.18.65.10 is already assigned to VE {V}"),
+                             ("198.18.65.3", f"198.18.65.3 is not in a pool of node {node.name}")):
+            out = manage(stack, "vzctl", "set", V, "--ipadd", bad)
+            assert out.returncode != 0 and message in out.stderr, (bad, out.stderr)
+            assert "Traceback" not in out.stderr
+        out = manage(stack, "vzctl", "set", V, "--ipdel", "198.18.65.11")
+        assert out.returncode != 0 and f"198.18.65.11 is not an address of VE {V}" in out.stderr, out.stderr
+        assert Job.objects.count() == jobs
+        assert list(IPAddress.objects.values_list("address", flat=True)) == ["198.18.65.10"]
+        assert manage(stack, "vzctl", "destroy", V).returncode == 0
+    finally:
+        subprocess.run(["ip", "route", "del", "unreachable", CLI_POOL], capture_output=True)

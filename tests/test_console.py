@@ -74,6 +74,9 @@ def test_a_console_runs_a_shell_and_leaves_an_audit_record(acme, asgi):
     opened = AuditEvent.objects.get(action="console.open", detail__session=str(s.pk))
     closed = AuditEvent.objects.get(action="console.close", detail__session=str(s.pk))
     assert opened.actor == closed.actor == oscar and opened.tenant == acme
+    # The WebSocket's peer is the client address of both records (the page middleware does
+    # not see WebSockets: the consumer sets it).
+    assert opened.client_address == closed.client_address == "127.0.0.1" and opened.source == "web"
     assert closed.detail["seconds"] >= 0.3 and closed.detail["exit_code"] == 7
 
 

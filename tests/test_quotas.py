@@ -7,6 +7,7 @@ real threads, each on its own connection, so they need transaction=True.
 import pytest
 from django.core import mail
 from django.core.management import call_command
+from django.db import connection
 
 from panel import access
 from panel.models import VE, AuditEvent, DomainEvent, Job, QuotaRequest, TenantQuota
@@ -29,7 +30,14 @@ def limits(tenant, **values):
 
 # --- the race ---------------------------------------------------------------------------------
 
+def assert_postgresql():
+    """The races are PostgreSQL's row locks at work: on SQLite (one writer at a time) they
+    would pass without proving anything."""
+    assert connection.vendor == "postgresql", f"race tests need PostgreSQL, not {connection.vendor}"
+
+
 def test_parallel_creates_against_remaining_quota_give_exactly_q(idle_node, tenant):
+    assert_postgresql()
     limits(tenant, max_ves=4)
     svc.ve_create(tenant=tenant, template="busybox")  # one in use: 3 remain
     results = in_parallel(lambda i: svc.ve_create(tenant=tenant, template="busybox", hostname=f"race{i}"), 8)
@@ -43,6 +51,7 @@ def test_parallel_creates_against_remaining_quota_give_exactly_q(idle_node, tena
 
 def test_parallel_resizes_against_remaining_memory_give_exactly_q(idle_node, tenant):
     """Resizes do not take the fleet-wide allocation lock: only the quota row serialises them."""
+    assert_postgresql()
     ves = [settle(svc.ve_create(tenant=tenant, template="busybox", memory=256 * M)) for _ in range(6)]
     limits(tenant, memory=6 * 256 * M + 2 * 256 * M)  # room for two more 256M steps
     results = in_parallel(lambda i: svc.ve_set(ve=ves[i], memory=512 * M), 6)
@@ -53,6 +62,8 @@ def test_parallel_resizes_against_remaining_memory_give_exactly_q(idle_node, ten
 
 def test_parallel_address_adds_against_remaining_quota_give_exactly_q(idle_node, tenant):
     from panel.services.network import pool_create
+
+    assert_postgresql()
 
     pool_create(name="q4", network="198.18.4.0/24", nodes=[idle_node])
     ves = [settle(svc.ve_create(tenant=tenant, template="busybox")) for _ in range(4)]
@@ -289,6 +300,49 @@ def test_approval_with_other_amounts(tenant, people, request_for_8g):
     quotas.quota_request_approve(request=request_for_8g, actor=people.staff, amounts={"memory": "6G"})
     quota = TenantQuota.objects.get(tenant=tenant)
     assert (quota.memory, quota.max_ves) == (6 * G, 2)
+
+
+def test_the_mail_states_exactly_what_was_granted(tenant, people, request_for_8g):
+    """Other amounts for only some of the quotas asked (and one not asked): the mail says
+    what was granted, and that the rest was not, never the amount asked."""
+    mail.outbox.clear()
+    quotas.quota_request_approve(request=request_for_8g, actor=people.staff, amounts={"memory": "6G", "disk": "100G"},
+                                 reason="half now")
+    quota = TenantQuota.objects.get(tenant=tenant)
+    assert (quota.memory, quota.max_ves, quota.disk) == (6 * G, 2, 100 * G)
+    body = mail.outbox[0].body
+    assert "  memory: asked 8G, granted 6G\n" in body
+    assert "  VEs: asked 3, not granted (the limit stays 2)\n" in body
+    assert "  disk: not asked, granted 100G\n" in body
+    assert "granted 3" not in body and "granted 8G" not in body
+    # Unlimited granted reads as such.
+    limits(tenant, max_ves=2)
+    req = quotas.quota_request_create(tenant=tenant, actor=people.operator, amounts={"max_ves": 5}, reason="more")
+    mail.outbox.clear()
+    quotas.quota_request_approve(request=req, actor=people.staff, amounts={"max_ves": None})
+    assert "  VEs: asked 5, granted unlimited\n" in mail.outbox[0].body
+
+
+HOSTILE_GRANTS = [
+    {"memory": -1}, {"memory": 0}, {"memory": "0"}, {"memory": "-8G"}, {"memory": "8.5G"}, {"memory": "lots"},
+    {"memory": 10**30}, {"memory": "99999999999999999999T"}, {"max_ves": True}, {"max_ves": 3.5},
+    {"max_ves": "3; drop table"}, {"max_ves": [3]}, {"uid_base": 1}, {}, "8G", {"memory": "8G\nmax_ves=99"},
+]
+
+
+@pytest.mark.parametrize("amounts", HOSTILE_GRANTS)
+def test_hostile_grants_are_refused_and_change_nothing(tenant, people, request_for_8g, amounts):
+    req = request_for_8g
+    before = (AuditEvent.objects.count(), DomainEvent.objects.count())
+    mail.outbox.clear()
+    with pytest.raises(InvalidInput) as e:
+        quotas.quota_request_approve(request=req, actor=people.staff, amounts=amounts, version=req.version)
+    assert e.value.message and (e.value.field in quotas.FIELDS or e.value.field == "amounts"), e.value.field
+    req.refresh_from_db()
+    quota = TenantQuota.objects.get(tenant=tenant)
+    assert req.state == "pending" and not req.granted
+    assert (quota.memory, quota.max_ves) == (4 * G, 2)
+    assert (AuditEvent.objects.count(), DomainEvent.objects.count()) == before and not mail.outbox
 
 
 def test_the_requester_can_never_decide_their_own_request(tenant, people):

@@ -102,15 +102,17 @@ def test_it_denies_other_tenant_on_every_object_url(client, idle_node, people, o
     post_only = {"panel:ve-start", "panel:ve-stop", "panel:ve-restart", "panel:ve-destroy",
                  "panel:ve-set", "panel:ve-change-plan", "panel:ve-hostname", "panel:ve-password",
                  "panel:staff-quota-approve", "panel:staff-quota-deny", "panel:staff-tenant-suspend",
-                 "panel:staff-tenant-unsuspend", "panel:ve-console-ticket", "panel:ve-exec"}
+                 "panel:staff-tenant-unsuspend", "panel:ve-console-ticket", "panel:ve-exec",
+                 "panel:staff-ve-suspend", "panel:staff-ve-unsuspend", "panel:ve-ipadd", "panel:ve-ipdel"}
     names = {name for name, _ in urls}
     assert {"panel:ve-detail", "panel:ve-start", "panel:ve-stop", "panel:ve-restart", "panel:ve-destroy",
-            "panel:ve-status", "panel:job-detail", "panel:job-log"} | post_only <= names
+            "panel:ve-status", "panel:job-detail", "panel:job-log", "panel:ve-ipadd", "panel:ve-ipdel"} \
+        | post_only <= names
     signed_in(client, people.owner)
     for name, kw in urls:
         for obj_id in (their_ids[kw], uuid.uuid4()):
             url = reverse(name, kwargs={kw: obj_id})
-            data = {"confirm": "zz-hidden-host", "reason": "zz", "version": "1"}
+            data = {"confirm": "zz-hidden-host", "reason": "zz", "version": "1", "address": "198.18.0.9"}
             for r, method in ((client.get(url), "GET"), (client.post(url, data), "POST")):
                 # A POST-only URL answers GET with 405 whether the object exists or not.
                 expected = 405 if method == "GET" and name in post_only else 404

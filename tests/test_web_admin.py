@@ -276,6 +276,31 @@ def test_staff_approve_with_other_amounts(client, idle_node, people, tenant):
     assert "Granted" in line and "8G" in line and "half now" in line
 
 
+HOSTILE_GRANTS = ["-1", "0", "-8G", "8.5G", "lots", "9" * 24, "99999999999999999999T", "3; drop table", "٣",
+                  "<script>x</script>"]
+
+
+@pytest.mark.parametrize("field", ["max_ves", "memory"])
+def test_the_approve_form_refuses_hostile_amounts_and_changes_nothing(client, idle_node, people, tenant, mailoutbox,
+                                                                      field):
+    limits(tenant, max_ves=3, memory="4G")
+    req = ask(tenant, people.owner, max_ves=10, memory="16G")
+    signed_in(client, people.staff)
+    url = reverse("panel:staff-quota-approve", kwargs={"request_id": req.pk})
+    for value in HOSTILE_GRANTS:
+        r = client.post(url, {"version": req.version, field: value, "reason": "x"})
+        html = r.content.decode()
+        assert r.status_code == 400, (field, value)
+        m = re.search(rf'<small id="id_{req.pk}_approve_{field}_error" class="error" role="alert">(.*?)</small>',
+                      html, re.S)
+        assert m and m.group(1).strip(), (field, value)  # the message sits next to the field
+        assert "<script>x</script>" not in html
+    req.refresh_from_db()
+    quota = TenantQuota.objects.get(tenant=tenant)
+    assert req.state == "pending" and not req.granted and (quota.max_ves, quota.memory) == (3, 4 * G)
+    assert not AuditEvent.objects.filter(action="quota_request.approve").exists() and not mailoutbox
+
+
 def test_staff_deny_needs_a_reason(client, idle_node, people, tenant):
     limits(tenant, max_ves=3)
     req = ask(tenant, people.owner)
@@ -471,3 +496,101 @@ def test_the_new_pages_render_in_japanese(client, idle_node, people, tenant):
     client.logout()
     html = client.get(reverse("password_reset"), HTTP_ACCEPT_LANGUAGE="ja").content.decode()
     assert "パスワードの再設定" in html
+
+
+# --- suspension of one VE: the VE page says why, staff suspend and lift it -------------------------
+
+def test_the_ve_page_says_why_it_is_suspended_and_offers_no_start(client, idle_node, people, tenant, other_tenant):
+    from panel.services import suspensions
+
+    ve = make_ve(tenant, "web1")
+    other = make_ve(tenant, "web2")
+    VE.objects.filter(pk__in=[ve.pk, other.pk]).update(state="stopped")
+    page = reverse("panel:ve-detail", kwargs={"ve_id": ve.pk})
+    signed_in(client, people.staff)
+    r = client.post(reverse("panel:staff-ve-suspend", kwargs={"ve_id": ve.pk}),
+                    {"by": "abuse", "reason": "open resolver"}, follow=True)
+    assert r.status_code == 200 and "is suspended by" in r.content.decode()
+    s = Suspension.objects.get()
+    assert (s.ve, s.source, s.reason, s.created_by) == (ve, "abuse", "open resolver", people.staff)
+    assert AuditEvent.objects.filter(action="ve.suspend", actor=people.staff, source="web", result="ok").count() == 1
+
+    signed_in(client, people.operator)
+    html = client.get(page).content.decode()
+    box = re.search(r'<div id="ve-suspension".*?</div>', html, re.S).group(0)
+    assert "This VE is suspended" in box and "open resolver" in box and 'data-source="abuse"' in box
+    assert reverse("panel:ve-start", kwargs={"ve_id": ve.pk}) not in html, "no start button while suspended"
+    assert reverse("panel:ve-restart", kwargs={"ve_id": ve.pk}) not in html
+    assert reverse("panel:ve-stop", kwargs={"ve_id": ve.pk}) in html
+    assert reverse("panel:staff-ve-suspend", kwargs={"ve_id": ve.pk}) not in html, "the staff form is for staff"
+    # The VE list marks the suspended VE, and only it.
+    listing = client.get(reverse("panel:ve-list")).content.decode()
+    rows = re.findall(r"<tr>.*?</tr>", listing, re.S)
+    marked = [r for r in rows if 'data-state="suspended"' in r]
+    assert len(marked) == 1 and "web1" in marked[0]
+    # A tenant-wide suspension by billing shows too, with its own reason and scope.
+    suspensions.tenant_suspend(tenant=tenant, by="billing", reason="invoice 42 unpaid", actor=people.staff)
+    html = client.get(reverse("panel:ve-detail", kwargs={"ve_id": other.pk})).content.decode()
+    assert "invoice 42 unpaid" in html and "the whole account" in html and "open resolver" not in html
+    assert len([r for r in re.findall(r"<tr>.*?</tr>", client.get(reverse("panel:ve-list")).content.decode(), re.S)
+                if 'data-state="suspended"' in r]) == 2
+
+    # Another tenant's member: the VE page and the staff actions are 404s.
+    signed_in(client, people.outsider)
+    assert client.get(page).status_code == 404
+    for name in ("panel:staff-ve-suspend", "panel:staff-ve-unsuspend"):
+        r = client.post(reverse(name, kwargs={"ve_id": ve.pk}), {"by": "abuse", "reason": "x"})
+        assert r.status_code == 404 and b"web1" not in r.content, name
+    # A member who is not staff: 403, audited, nothing changes.
+    for user in (people.owner, people.viewer):
+        signed_in(client, user)
+        for name in ("panel:staff-ve-suspend", "panel:staff-ve-unsuspend"):
+            r = client.post(reverse(name, kwargs={"ve_id": ve.pk}), {"by": "abuse", "reason": "x"})
+            assert r.status_code == 403, (user, name)
+    assert AuditEvent.objects.filter(action="access.denied", actor=people.owner, detail__why="not-staff").count() == 2
+    assert Suspension.objects.filter(lifted_at__isnull=True).count() == 2
+
+    # Staff lift the abuse suspension: the billing one (the tenant's) still holds the VE.
+    signed_in(client, people.staff)
+    html = client.get(page).content.decode()
+    assert reverse("panel:staff-ve-unsuspend", kwargs={"ve_id": ve.pk}) in html
+    r = client.post(reverse("panel:staff-ve-unsuspend", kwargs={"ve_id": ve.pk}), {"by": "abuse", "reason": "fixed"},
+                    follow=True)
+    s.refresh_from_db()
+    assert not s.active and s.lift_reason == "fixed" and s.lifted_by == people.staff
+    html = r.content.decode()
+    assert "open resolver" not in html and "invoice 42 unpaid" in html
+    assert reverse("panel:ve-start", kwargs={"ve_id": ve.pk}) not in html
+
+
+@pytest.mark.parametrize("data,message", [
+    ({"by": "root", "reason": "x"}, "Select a valid choice"),
+    ({"by": "abuse", "reason": ""}, "give a reason"),
+    ({"by": "abuse", "reason": "a\nb"}, "control characters"),
+    ({"by": "abuse", "reason": "x" * 501}, "at most 500"),
+])
+def test_the_staff_ve_suspension_refuses_bad_input_and_changes_nothing(client, idle_node, people, tenant, data,
+                                                                        message):
+    ve = make_ve(tenant, "web1")
+    signed_in(client, people.staff)
+    r = client.post(reverse("panel:staff-ve-suspend", kwargs={"ve_id": ve.pk}), data, follow=True)
+    assert r.status_code == 200 and message in r.content.decode()
+    assert not Suspension.objects.exists() and not AuditEvent.objects.filter(action="ve.suspend").exists()
+
+
+def test_the_staff_ve_list_marks_suspended_ves(client, idle_node, people, tenant, other_tenant):
+    from panel.services import suspensions
+
+    held = make_ve(tenant, "held1")
+    make_ve(tenant, "free1")
+    theirs = make_ve(other_tenant, "held2")
+    suspensions.ve_suspend(ve=held, by="admin", reason="maintenance", actor=people.staff)
+    suspensions.tenant_suspend(tenant=other_tenant, by="billing", reason="unpaid", actor=people.staff)
+    signed_in(client, people.staff)
+    html = client.get(reverse("panel:staff-ves")).content.decode()
+    rows = re.findall(r"<tr>.*?</tr>", html.split("<tbody>", 1)[1], re.S)
+    assert len(rows) == 3
+    marked = {h for h in ("held1", "free1", "held2") for r in rows if f"<td>{h}</td>" in r
+              and 'data-state="suspended"' in r}
+    assert marked == {"held1", "held2"}, marked  # its own suspension, and its tenant's
+    assert theirs.tenant == other_tenant

@@ -19,6 +19,7 @@ from rest_framework.views import APIView
 
 from panel import access
 from panel.models import VE, CustomerIdempotencyRecord, Job, Membership
+from panel.services import network as net_svc
 from panel.services import ves as ve_svc
 from panel.services.errors import Forbidden, InvalidInput, NotFound
 
@@ -225,6 +226,44 @@ class VeResourcesApi(VeActionApi):
         return ve_svc.ve_set(ve=ve, actor=self.request.user, source=SOURCE, **data)
 
     @_action_schema("set_resources", ResourcesIn)
+    def post(self, request, ve_id):
+        return super().post(request, ve_id)
+
+
+class AddressAddIn(serializers.Serializer):
+    address = serializers.CharField(required=False, max_length=64,
+                                    help_text="a free address from the node's pools; omitted: the next free "
+                                              "one of each address family")
+
+
+class AddressRemoveIn(serializers.Serializer):
+    address = serializers.CharField(max_length=64, help_text="one of the VE's addresses")
+
+
+class VeAddressAddApi(VeActionApi):
+    """Add an address (live if the VE runs); it counts against the tenant's address quota.
+    An address outside the node's pools is a 400, one already in use a 409."""
+
+    request_serializer = AddressAddIn
+
+    def act(self, ve, data):
+        return net_svc.ve_ipadd(ve=ve, addresses=[data["address"]] if "address" in data else None,
+                                actor=self.request.user, source=SOURCE)
+
+    @_action_schema("add_address", AddressAddIn)
+    def post(self, request, ve_id):
+        return super().post(request, ve_id)
+
+
+class VeAddressRemoveApi(VeActionApi):
+    """Remove one of the VE's addresses (live if it runs); the address returns to its pool."""
+
+    request_serializer = AddressRemoveIn
+
+    def act(self, ve, data):
+        return net_svc.ve_ipdel(ve=ve, addresses=[data["address"]], actor=self.request.user, source=SOURCE)
+
+    @_action_schema("remove_address", AddressRemoveIn)
     def post(self, request, ve_id):
         return super().post(request, ve_id)
 

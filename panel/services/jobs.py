@@ -194,6 +194,13 @@ def _apply_success(job: Job, result: dict) -> None:
             released = job.args.get("released")
             if released:
                 IPAddress.objects.filter(ve=ve, address__in=released).delete()
+    if isinstance(result.get("traffic"), dict) and job.kind in ("stop", "restart", "destroy"):
+        # The counters of the veth the stop removed, read just before: what the VE sent
+        # since the last heartbeat is billed too.
+        traffic = VE.objects.select_for_update().values_list("traffic", flat=True).get(pk=ve.pk)
+        total = accumulate_traffic(traffic, result["traffic"])
+        if total != traffic:
+            fields["traffic"] = total
     if "state" in fields and fields["state"] != ve.state:
         fields["state_changed_at"] = timezone.now()
     if fields:
@@ -344,8 +351,8 @@ def _apply_inventory(node: Node, inventory: list, now, sampled_at: float | None 
     for ve in VE.objects.filter(node=node).exclude(state__in=[VE.State.DESTROYED, VE.State.CREATING]).only(
             "id", "veid", "state", "nproc", "state_changed_at", "traffic"):
         item = seen.get(ve.veid)
-        if item is not None and isinstance(item.get("traffic"), dict):
-            total = accumulate_traffic(ve.traffic, item["traffic"])
+        if item is not None:
+            total = _item_traffic(ve.traffic, item)
             if total != ve.traffic:
                 ve.traffic = total
                 changed.append(ve)
@@ -370,9 +377,28 @@ def _apply_inventory(node: Node, inventory: list, now, sampled_at: float | None 
             if not changed or changed[-1] is not ve:
                 changed.append(ve)
     if changed:
+        # The totals are added to under the rows' locks, taken in a fixed order: a job's
+        # result (a stop's final counters) adds to the same rows.
+        fresh = dict(VE.objects.select_for_update().filter(pk__in=[v.pk for v in changed]).order_by("id")
+                     .values_list("id", "traffic"))
+        for ve in changed:
+            item = seen.get(ve.veid)
+            base = fresh.get(ve.pk, ve.traffic)
+            ve.traffic = _item_traffic(base, item) if item is not None else base
         VE.objects.bulk_update(changed, ["state", "nproc", "state_changed_at", "traffic"])
     if samples and sampled_at is not None:
         _apply_usage_samples(samples, sampled_at)
+
+
+def _item_traffic(total: dict, item: dict) -> dict:
+    """A VE's traffic totals with an inventory item's counters added: the last counters of
+    its veths that went away (``traffic_final``: stop, reboot, halt inside the VE), then
+    its current veth's (``traffic``)."""
+    finals = item.get("traffic_final") if isinstance(item.get("traffic_final"), list) else []
+    for raw in [*finals[:16], item.get("traffic")]:
+        if isinstance(raw, dict):
+            total = accumulate_traffic(total, raw)
+    return total
 
 
 def _apply_usage_samples(samples: dict, sampled_at: float) -> None:
@@ -397,23 +423,54 @@ def _apply_usage_samples(samples: dict, sampled_at: float) -> None:
 TRAFFIC_KEYS = ("in_bytes", "out_bytes", "in_packets", "out_packets")
 
 
+# How many of a VE's recent veths (links) keep their last counters in VE.traffic["links"].
+TRAFFIC_LINKS_KEPT = 8
+
+
 def accumulate_traffic(total: dict, raw: dict) -> dict:
     """Add the growth of a VE's veth counters to its running totals.
 
-    The counters restart from zero whenever the VE's veth is recreated (every start), so a
-    counter smaller than the last one seen counts in full as new traffic.
+    The node names each veth (``link``: host boot and ifindex): a new one at every start,
+    also a reboot inside the VE, whose counters start from zero. The totals keep the highest
+    counters seen of the last few links (``links``), so a sample adds only what its link
+    sent beyond that: a link's final counters (from a stop's result, or a heartbeat's
+    ``traffic_final``) count once however often and in whatever order they arrive, and a
+    new link is a new base. A sample without ``link`` (an older agent) counts a counter that
+    went down as restarted from zero. A malformed sample changes nothing.
     """
-    last = total.get("raw", {})
-    out = {k: int(total.get(k, 0)) for k in TRAFFIC_KEYS}
     clean = {}
     for k in TRAFFIC_KEYS:
         v = raw.get(k)
         if type(v) is not int or v < 0:
             return total
-        prev = last.get(k, 0)
-        out[k] += v - prev if v >= prev else v
         clean[k] = v
-    out["raw"] = clean
+    link = raw.get("link")
+    if link is not None and (type(link) is not str or not 0 < len(link) <= 48):
+        return total
+    out = {k: int(total.get(k, 0)) for k in TRAFFIC_KEYS}
+    links = {k: v for k, v in (total.get("links") or {}).items() if isinstance(v, dict)}
+    legacy = total.get("raw") if isinstance(total.get("raw"), dict) else None
+    if link is None:
+        last = legacy or {}
+        for k in TRAFFIC_KEYS:
+            prev = int(last.get(k, 0))
+            out[k] += clean[k] - prev if clean[k] >= prev else clean[k]
+        out["raw"] = clean
+    else:
+        prev = links.pop(link, None)
+        if prev is None and not links and legacy and all(clean[k] >= int(legacy.get(k, 0)) for k in TRAFFIC_KEYS):
+            prev = legacy  # the first sample since the node named its links: likely the same veth
+        prev = prev or {}
+        merged = {}
+        for k in TRAFFIC_KEYS:
+            p = int(prev.get(k, 0))
+            out[k] += max(0, clean[k] - p)
+            merged[k] = max(clean[k], p)
+        links[link] = merged  # most recent last
+        while len(links) > TRAFFIC_LINKS_KEPT:
+            links.pop(next(iter(links)))
+    if links:
+        out["links"] = links
     return out
 
 

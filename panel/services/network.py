@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils.translation import gettext as _
 
 from containers import messages as m
@@ -19,8 +19,6 @@ from .audit import audit
 from .errors import Conflict, InvalidInput, NotFound, Unavailable, field_label
 from .jobs import job_create
 
-# Never scan more than this many candidates in one allocation (IPv6 pools are huge).
-SCAN_LIMIT = 1 << 16
 TEST_NETS = ("198.18.0.0/15", "fd00::/8")
 
 
@@ -162,26 +160,78 @@ def node_push_config(*, node: Node, actor=None) -> Job:
 
 def _addr(text, *, field: str = "addresses"):
     try:
-        return ipaddress.ip_address(str(text).strip())
+        addr = ipaddress.ip_address(str(text).strip())
     except ValueError:
         raise InvalidInput(_("%(text)r is not an IP address") % {"text": str(text)[:60]}, field=field) from None
+    # Python takes "fd00::5%eth0" (a zone) as an address inside fd00::/64: a VE's routed
+    # address has no zone, and the database's inet column would refuse the text anyway.
+    if getattr(addr, "scope_id", None):
+        raise InvalidInput(_("%(text)r is not an IP address") % {"text": str(text)[:60]}, field=field)
+    return addr
 
 
-def _candidates(pool: IPPool):
+def _bounds(pool: IPPool) -> tuple[int, int]:
+    """The first and last address a pool hands out, as integers: its range, or its
+    network without the network address (and, for IPv4, the broadcast address)."""
     net = ipaddress.ip_network(pool.network)
-    start = ipaddress.ip_address(pool.range_start) if pool.range_start else None
-    end = ipaddress.ip_address(pool.range_end) if pool.range_end else None
-    first = int(start) if start else int(net.network_address) + 1
-    last = int(end) if end else int(net.broadcast_address) - (1 if net.version == 4 else 0)
-    cls = ipaddress.IPv4Address if net.version == 4 else ipaddress.IPv6Address
-    for i in range(first, min(last, first + SCAN_LIMIT) + 1):
-        yield str(cls(i))
+    first = int(ipaddress.ip_address(pool.range_start)) if pool.range_start else int(net.network_address) + 1
+    last = (int(ipaddress.ip_address(pool.range_end)) if pool.range_end
+            else int(net.broadcast_address) - (1 if net.version == 4 else 0))
+    return first, last
+
+
+def _next_free(pool: IPPool) -> str | None:
+    """The pool's lowest free address, or None when it is full.
+
+    The cost grows with the addresses allocated from the pool, never with its size: an
+    IPv6 /64 is 2**64 candidates, and an allocation must not walk or build them. Call with
+    the pool row locked (``allocate``): the allocations read here then stay current, and
+    the ones this transaction made are seen by the next call."""
+    first, last = _bounds(pool)
+    cls = ipaddress.IPv4Address if ipaddress.ip_network(pool.network).version == 4 else ipaddress.IPv6Address
+    if connection.vendor == "postgresql":
+        # inet orders and adds numerically: the free address is the first "allocated + 1"
+        # (or the start itself, seen as "start - 1" + 1) that is not allocated, each probe
+        # one lookup in the unique index on address.
+        table = IPAddress._meta.db_table
+        with connection.cursor() as cur:
+            cur.execute(
+                f"SELECT host(c.a + 1) FROM (SELECT address AS a FROM {table} WHERE pool_id = %s "
+                f"AND address >= %s::inet AND address < %s::inet UNION ALL SELECT %s::inet) c "
+                f"WHERE NOT EXISTS (SELECT 1 FROM {table} u WHERE u.address = c.a + 1) ORDER BY c.a LIMIT 1",
+                [pool.pk, str(cls(first)), str(cls(last)), str(cls(first - 1))])
+            row = cur.fetchone()
+        return str(ipaddress.ip_address(row[0])) if row else None
+    # Elsewhere (the embedded SQLite default) the column is text, whose order is not the
+    # numeric one ("...10" < "...9"): walk the allocations sorted as integers.
+    candidate = first
+    for taken in sorted(int(ipaddress.ip_address(a)) for a in
+                        IPAddress.objects.filter(pool=pool).values_list("address", flat=True)):
+        if taken > candidate:
+            break
+        candidate = max(candidate, taken + 1)
+    return str(cls(candidate)) if candidate <= last else None
+
+
+def _pool_of(addr, pools: list[IPPool]) -> IPPool | None:
+    """The pool among ``pools`` that hands out ``addr``: in its network and its range.
+    Containment only; whether the address is free is the unique constraint's answer."""
+    for pool in pools:
+        if addr in ipaddress.ip_network(pool.network):
+            first, last = _bounds(pool)
+            return pool if first <= int(addr) <= last else None
+    return None
 
 
 def allocate(*, ve: VE, node: Node, addresses: list[str] | None, count: int | None = None) -> list[str]:
     """Reserve addresses for ``ve`` on ``node``: the chosen ones, or free ones from the
     node's pools: one per address family, or ``count`` of them (a plan's addresses) taken
-    in turn from each family, IPv4 first. Call inside the caller's transaction."""
+    in turn from each family, IPv4 first. Call inside the caller's transaction.
+
+    Automatic picks are the lowest free addresses of the first pool that has one. A chosen
+    address must lie in one of the node's pools (and its range) and be free; the pool rows
+    stay locked until the caller's transaction ends, and the unique address column refuses
+    a duplicate even from a path that skipped the lock."""
     pools = list(IPPool.objects.select_for_update().filter(nodes=node).order_by("id"))
     chosen: list[str] = []
     if addresses is None:
@@ -197,14 +247,13 @@ def allocate(*, ve: VE, node: Node, addresses: list[str] | None, count: int | No
             for pool in family:
                 if not need:
                     break
-                used = set(IPAddress.objects.filter(pool=pool).values_list("address", flat=True))
-                for free in _candidates(pool):
-                    if free not in used:
-                        chosen.append(free)
-                        _reserve(free, pool, ve)
-                        need -= 1
-                        if not need:
-                            break
+                while need:
+                    free = _next_free(pool)
+                    if free is None:
+                        break
+                    chosen.append(free)
+                    _reserve(free, pool, ve)
+                    need -= 1
             if need:
                 raise Unavailable(_("IPv%(version)d pool %(pool)s on node %(node)s is exhausted: no address is "
                                     "free. Ask an administrator to extend it.")
@@ -215,8 +264,8 @@ def allocate(*, ve: VE, node: Node, addresses: list[str] | None, count: int | No
         raise InvalidInput(_("addresses must be a list of at most 64 addresses"), field="addresses")
     for text in addresses:
         addr = _addr(text)
-        pool = next((p for p in pools if addr in ipaddress.ip_network(p.network)), None)
-        if pool is None or str(addr) not in set(_candidates(pool)):
+        pool = _pool_of(addr, pools)
+        if pool is None:
             raise InvalidInput(_("%(address)s is not in a pool of node %(node)s")
                                % {"address": addr, "node": node.name}, field="addresses")
         if str(addr) in chosen:
@@ -255,6 +304,8 @@ def ve_ipadd(*, ve: VE, addresses: list[str] | None = None, actor=None, source: 
         if locked.state == VE.State.DESTROYED:
             raise NotFound(_("VE %(veid)s does not exist") % {"veid": ve.veid})
         if addresses is not None:
+            if not isinstance(addresses, (list, tuple)) or len(addresses) > 64:
+                raise InvalidInput(_("addresses must be a list of at most 64 addresses"), field="addresses")
             canon = [str(_addr(a)) for a in addresses]
             dup = [a for a in canon if a in locked.addresses]
             if dup:

@@ -332,7 +332,8 @@ def quota_request_approve(*, request: QuotaRequest, actor, amounts: dict | None 
     require_staff(actor, what="deciding quota requests", source=source)
     _refuse_own(request, actor, source)
     reason = check_text(reason, field="reason", limit=REASON_MAX, required=False, multiline=True)
-    granted = None if amounts is None else _amounts(amounts, allow_unlimited=True, allow_zero=True)
+    # A grant of 0 would take away what the tenant has: that is a denial (or quota_set).
+    granted = None if amounts is None else _amounts(amounts, allow_unlimited=True, allow_zero=False)
     with transaction.atomic():
         req = _decidable(request, actor, version)
         quota = quota_lock(req.tenant)
@@ -398,6 +399,32 @@ def _decided(req: QuotaRequest) -> None:
     transaction.on_commit(lambda: _mail_decision(req))
 
 
+def decision_lines(req: QuotaRequest) -> list[str]:
+    """One line per quota of a decided request, as the e-mail states it: what was asked
+    and, when approved, exactly what was granted. Staff may grant other amounts, for only
+    some of the quotas asked or for others too: a quota asked but left out of the grant
+    says so ("not granted, stays at ..."), never the amount asked; ``None`` granted is
+    unlimited."""
+    approved = req.state == QuotaRequest.State.APPROVED
+    granted = req.granted or {}
+    # The approval left the other limits as they were: today's row says what they are.
+    quota = TenantQuota.objects.filter(tenant_id=req.tenant_id).first() or TenantQuota()
+    lines = []
+    for field, value in req.amounts.items():
+        line = f"  {LABELS[field]}: asked {show(field, value)}"
+        if approved:
+            if field in granted:
+                line += f", granted {show(field, granted[field])}"
+            else:
+                line += f", not granted (the limit stays {show(field, getattr(quota, field))})"
+        lines.append(line)
+    if approved:
+        for field, value in granted.items():
+            if field not in req.amounts:
+                lines.append(f"  {LABELS[field]}: not asked, granted {show(field, value)}")
+    return lines
+
+
 def _mail_decision(req: QuotaRequest) -> None:
     owners = Membership.objects.filter(tenant=req.tenant, role=Membership.Role.OWNER).select_related("user")
     to = {m.user.email for m in owners if m.user.email and m.user.is_active}
@@ -406,11 +433,7 @@ def _mail_decision(req: QuotaRequest) -> None:
     if not to:
         return
     lines = [f"Your quota request for {req.tenant.name} ({req.tenant.slug}) was {req.state}.", ""]
-    for field, value in req.amounts.items():
-        line = f"  {LABELS[field]}: asked {show(field, value)}"
-        if req.state == QuotaRequest.State.APPROVED:
-            line += f", granted {show(field, req.granted.get(field, value))}"
-        lines.append(line)
+    lines += decision_lines(req)
     if req.decision_reason:
         lines += ["", "Reason:", req.decision_reason]
     lines += ["", f"Decided by {req.decided_by_label} at {req.decided_at:%Y-%m-%d %H:%M} UTC."]

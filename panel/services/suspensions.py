@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 
 from django.db import IntegrityError, transaction
-from django.db.models import Q
+from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
@@ -47,6 +47,13 @@ def tenant_suspensions(tenant: Tenant) -> list[Suspension]:
 
 def is_suspended(ve: VE) -> bool:
     return bool(active_suspensions(ve))
+
+
+def suspended_expression():
+    """``VE`` queryset annotation: True when a suspension holds the VE (its own or its
+    tenant's), in the list's own query (``.annotate(suspended=suspended_expression())``)."""
+    return Exists(Suspension.objects.filter(lifted_at__isnull=True).filter(
+        Q(ve_id=OuterRef("pk")) | Q(ve__isnull=True, tenant_id=OuterRef("tenant_id"))))
 
 
 def describe(suspensions) -> str:

@@ -14,13 +14,14 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from panel import access, selectors
 from panel.forms import (AuditFilterForm, QuotaApproveForm, QuotaDenyForm, SuspendForm, TenantCreateForm,
-                         TenantQuotaForm)
-from panel.models import Membership, Node, Suspension, Tenant
+                         TenantQuotaForm, VESuspendForm)
+from panel.models import AuditEvent, Membership, Node, Suspension, Tenant
 from panel.services import members as member_services
 from panel.services import quotas as quota_services
 from panel.services import suspensions as suspension_services
 from panel.services.errors import Forbidden, NotFound, ServiceError
 from panel.services.quotas import quota_overview, quota_overviews
+from panel.templatetags.hako import label
 
 from .common import http_errors
 from .lists import JOB_STATES, VE_STATES, job_kinds, job_list, node_list, page_of, ve_list
@@ -52,6 +53,7 @@ def staff_ves_view(request):
     tenant_slug = request.GET.get("tenant", "")
     if tenant_slug:
         qs = qs.filter(tenant__slug=tenant_slug[:63])
+    qs = qs.annotate(suspended=suspension_services.suspended_expression())
     return render(request, "staff/ves.html", {
         "page": page_of(qs, request.GET.get("page")), "states": VE_STATES, "state": state, "q": q,
         "node": node, "tenant": tenant_slug, "sort": sort, **_filter_choices()})
@@ -191,6 +193,48 @@ staff_tenant_suspend_view = _suspension("suspend")
 staff_tenant_unsuspend_view = _suspension("unsuspend")
 
 
+def _ve_suspension(kind: str):
+    """Suspend one VE, or lift its suspension, for the source chosen (staff, from the VE
+    page). Another tenant's VE is a 404 for a customer like every object URL; a member of
+    the VE's tenant who is not staff gets a 403 (audited as a denial) and changes nothing."""
+    @login_required
+    @require_POST
+    def view(request, ve_id):
+        with http_errors():
+            ve = access.ve_get(request.user, ve_id)
+            access.require_staff(request.user, what="suspending VEs" if kind == "suspend" else "lifting suspensions",
+                                 source="web")
+            form = VESuspendForm(request.POST)
+            if not form.is_valid():
+                messages.error(request, " ".join(e for errs in form.errors.values() for e in errs))
+                return redirect("panel:ve-detail", ve_id=ve.pk)
+            by, reason = form.cleaned_data["by"], form.cleaned_data["reason"]
+            try:
+                if kind == "suspend":
+                    suspension_services.ve_suspend(ve=ve, by=by, reason=reason, actor=request.user, source="web")
+                else:
+                    lifted = suspension_services.ve_unsuspend(ve=ve, by=by, reason=reason, actor=request.user,
+                                                              source="web")
+            except (NotFound, Forbidden):
+                raise
+            except ServiceError as e:
+                messages.error(request, f"VE {ve.veid}: {e.message}")
+                return redirect("panel:ve-detail", ve_id=ve.pk)
+        shown = {"veid": ve.veid, "by": label(by)}
+        if kind == "suspend":
+            messages.success(request, _("VE %(veid)s is suspended by %(by)s: it stops if it runs.") % shown)
+        elif lifted is None:
+            messages.info(request, _("VE %(veid)s had no suspension by %(by)s: nothing was lifted.") % shown)
+        else:
+            messages.success(request, _("The suspension of VE %(veid)s by %(by)s is lifted.") % shown)
+        return redirect("panel:ve-detail", ve_id=ve.pk)
+    return view
+
+
+staff_ve_suspend_view = _ve_suspension("suspend")
+staff_ve_unsuspend_view = _ve_suspension("unsuspend")
+
+
 # Plans, IP pools and OS templates: panel/views/staff_manage.py.
 
 
@@ -200,7 +244,10 @@ def staff_audit_view(request):
     _staff(request)
     form = AuditFilterForm(request.GET, staff=True)
     filters = form.filters()
-    if "tenant" in filters and not Tenant.objects.filter(slug=filters["tenant"][:63]).exists():
+    # A deleted tenant's slug still finds its records (they keep it as their label).
+    slug = filters.get("tenant", "")[:63]
+    if slug and not Tenant.objects.filter(slug=slug).exists() and not AuditEvent.objects.filter(
+            tenant_label=slug).exists():
         form.add_error("tenant", _("No tenant has this slug."))
         return audit_page(request, {}, form, "staff/audit.html", {}, empty=True)
     return audit_page(request, filters, form, "staff/audit.html", {})

@@ -5,6 +5,9 @@
     manage.py auditlog --action auth.login_failed --since 2025-01-31 --limit 1000
     manage.py auditlog --json                       JSON lines, for shipping off-box
 
+``source`` is the channel (web, api, billing:<name>, cli:<user>...); ``address`` the client
+address of the web or API request that made the record ('-' outside a request).
+
 Every value is printed with control characters escaped (and quoted when it holds a space,
 a quote or '='), so a hostname or reason with a newline in it cannot forge a line.
 """
@@ -46,20 +49,26 @@ def fmt(value) -> str:
 def line(event) -> str:
     obj = f"{event.object_type}:{event.object_id}" if event.object_type else ""
     fields = [
-        ("actor", event.actor_label), ("tenant", event.tenant.slug if event.tenant else ""),
+        ("actor", event.actor_label), ("tenant", tenant_of(event)),
         ("action", event.action), ("object", obj), ("result", event.result), ("source", event.source),
+        ("address", event.client_address),
     ]
     detail = json.dumps(event.detail, ensure_ascii=True, sort_keys=True, default=str)
     ts = event.ts.astimezone(dt_timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     return " ".join([ts] + [f"{k}={fmt(v)}" for k, v in fields] + [f"detail={detail}"])
 
 
+def tenant_of(event) -> str:
+    """The tenant's slug as recorded (it outlives the tenant), else today's."""
+    return event.tenant_label or (event.tenant.slug if event.tenant else "")
+
+
 def as_json(event) -> str:
     return json.dumps({
         "id": event.pk, "ts": event.ts.isoformat(), "actor": event.actor_label, "actor_id": event.actor_id,
-        "tenant": event.tenant.slug if event.tenant else None, "action": event.action,
+        "tenant": tenant_of(event) or None, "tenant_id": event.tenant_id, "action": event.action,
         "object_type": event.object_type, "object_id": event.object_id, "result": event.result,
-        "source": event.source, "detail": event.detail,
+        "source": event.source, "address": event.client_address, "detail": event.detail,
     }, ensure_ascii=True, sort_keys=True, default=str)
 
 

@@ -58,7 +58,7 @@ os.environ.update({
 })
 
 from bench import common  # noqa: E402
-from bench.common import BenchAbort, pct, reset_database, settled  # noqa: E402
+from bench.common import BenchAbort, committed, pct, reset_database, settled  # noqa: E402
 from tests import harness  # noqa: E402
 
 # Not TEST_ROOT/pids nor TEST_ROOT/node-*: a test session's clean_leftovers() must not kill
@@ -131,22 +131,6 @@ def report(pipe: dict, direct: dict, dispatch: list[float], lag: list[float], ru
 
 
 # --- the two sides -------------------------------------------------------------------
-
-
-
-def committed(call):
-    """Call a service and return its job with ``committed_at``: the wall clock at which its
-    transaction committed. The service runs inside an outer transaction whose first
-    on-commit callback notes the time; the service's own callback (the publish to the
-    node's queue) runs right after it, so dispatch counts the publish."""
-    from django.db import transaction
-
-    mark = {}
-    with transaction.atomic():
-        transaction.on_commit(lambda: mark.setdefault("t", time.time()))
-        job = call()
-    job.committed_at = mark["t"]
-    return job
 
 
 def pipeline_run(tenant, node, poll: float) -> tuple[dict, list, dict]:

@@ -38,6 +38,9 @@ class VECreateForm(forms.Form):
     rate_in = forms.CharField(label=_("Bandwidth limit to the VE (bit/s)"), max_length=20, required=False,
                               help_text=_("For example 100M; 0 = unlimited. Empty: the plan's or unlimited."))
     rate_out = forms.CharField(label=_("Bandwidth limit from the VE (bit/s)"), max_length=20, required=False)
+    # One request for a running VE (one job that creates and starts it), as customers expect
+    # of "create"; unticked, the VE is created stopped, as with vzctl create.
+    start = forms.BooleanField(label=_("Start the VE once it is created"), required=False, initial=True)
 
     SIZE_FIELDS = ("memory", "swap", "disk")          # text like 512M; a bare number is MiB
     NUMBER_FIELDS = ("numproc", "cpuunits", "cpulimit")  # whole numbers, checked by the service
@@ -71,6 +74,8 @@ class VECreateForm(forms.Form):
         for field in self.NETWORK_FIELDS:
             if data.get(field, "").strip():
                 out[field] = data[field].strip()
+        if data.get("start"):
+            out["start"] = True
         return out
 
     def add_service_error(self, error) -> None:

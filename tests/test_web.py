@@ -5,6 +5,7 @@ list, the create form's errors and the Japanese translation.
 Jobs go to a node row no agent consumes (``idle_node``) and these tests run inside a
 transaction, so nothing is sent to a broker: the end-to-end journey is tests/test_browser.py.
 """
+import re
 import uuid
 
 import pytest
@@ -258,6 +259,18 @@ def test_create_queues_a_job_and_shows_it(client, idle_node, people, tenant):
     html = client.get(reverse("panel:job-log", kwargs={"job_id": job.pk})).content.decode()
     assert "hx-trigger" not in html, "a terminal job stops polling"
     assert 'data-state="succeeded"' in html
+
+
+def test_create_offers_to_start_the_ve_in_the_same_job(client, idle_node, people):
+    """The form's "start" box is ticked by default (one job creates and starts the VE);
+    unticked (a browser then sends nothing for it), the VE is created stopped."""
+    signed_in(client, people.operator)
+    html = client.get(reverse("panel:ve-create")).content.decode()
+    assert re.search(r'<input type="checkbox" name="start"[^>]* checked', html)
+    client.post(reverse("panel:ve-create"), {"template": "busybox", "hostname": "up1", "start": "on"})
+    client.post(reverse("panel:ve-create"), {"template": "busybox", "hostname": "down1"})
+    assert Job.objects.get(ve__hostname="up1").args.get("start") is True
+    assert "start" not in Job.objects.get(ve__hostname="down1").args
 
 
 # --- lists -----------------------------------------------------------------------------------

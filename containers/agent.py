@@ -509,16 +509,19 @@ class Agent:
     def _replumb(self, veid: int, ifindex: int, wait: float = 60.0) -> None:
         rt = self.runtime
         try:
-            deadline = time.monotonic() + wait
+            deadline, pause = time.monotonic() + wait, 0.1
             while True:  # LXC makes the veth before the VE's init runs: wait for RUNNING
                 if rt.net.ifindex(veid) != ifindex:
                     return  # gone again, or replaced: its own event handles the new one
+                if rt.plumbed_link(veid) == ifindex:
+                    break  # a start job plumbed it (a file read: no lxc-info per start)
                 if rt.lxc_state(veid) == "RUNNING":
                     break
                 if time.monotonic() > deadline or self._stop.is_set():
                     log.warning("VE %s: its new interface never saw the VE running", veid)
                     return
-                time.sleep(0.2)
+                time.sleep(pause)
+                pause = min(pause * 2, 1.0)  # many VEs starting at once: few lxc-info calls
             # The VE's lock: a start job plumbs this veth too (and records it), a stop
             # unplumbs; never both at once, and never twice.
             with self.ve_lock(veid):

@@ -196,7 +196,9 @@ def direct_runtime():
                       heartbeat_interval=0.5, concurrency=1, stop_timeout=10, fault_delay="")
     cfg.ensure_dirs()
     ensure_builtin(cfg.templates)
-    return Runtime(cfg)
+    rt = Runtime(cfg)
+    rt.pool.prepare()  # VE disks on the same kind of storage pool as the agent's
+    return rt
 
 
 # --- main ----------------------------------------------------------------------------

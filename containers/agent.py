@@ -222,12 +222,15 @@ class Agent:
             return {}
 
     # --- jobs --------------------------------------------------------------------------
+    def _lock_file(self, key):
+        path = self.cfg.state / "locks" / f"{key}.lock"
+        path.parent.mkdir(exist_ok=True)
+        return path
+
     @contextlib.contextmanager
     def ve_lock(self, veid: int):
         """One operation per VE at a time across the pool's processes (flock on a file)."""
-        path = self.cfg.state / "locks" / f"{veid}.lock"
-        path.parent.mkdir(exist_ok=True)
-        with open(path, "w") as f:
+        with open(self._lock_file(veid), "w") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             try:
                 yield
@@ -509,6 +512,7 @@ class Agent:
     def _replumb(self, veid: int, ifindex: int, wait: float = 60.0) -> None:
         rt = self.runtime
         try:
+            self._wait_for_job(veid)
             deadline, pause = time.monotonic() + wait, 0.1
             while True:  # LXC makes the veth before the VE's init runs: wait for RUNNING
                 if rt.net.ifindex(veid) != ifindex:
@@ -538,6 +542,17 @@ class Agent:
         finally:
             with self._net_lock:
                 self._replumbing.discard((veid, ifindex))
+
+    def _wait_for_job(self, veid: int) -> None:
+        """Wait while a job holds the VE's lock. A veth made by ``lxc-start`` appears inside
+        the start job, which plumbs and records it before it lets go: waiting here instead
+        of polling ``lxc-info`` keeps extra processes away from a starting VE."""
+        with open(self._lock_file(veid), "w") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                fcntl.flock(f, fcntl.LOCK_EX)
+            fcntl.flock(f, fcntl.LOCK_UN)
 
     def on_link_gone(self, veid: int, ifindex: int, traffic: dict) -> None:
         """Netlink watcher: a VE's veth went away. Its last counters go out with the next

@@ -78,9 +78,10 @@ def _mirred_targets(nla, out: list) -> list:
     return out
 
 
-def _tbf_rate(ipr, index: int) -> int | None:
-    """Rate in bytes/s of the TBF at the root of ``index``; None when the root is not ours."""
-    for q in ipr.get_qdiscs(index=index):
+def _tbf_rate(qdiscs) -> int | None:
+    """Rate in bytes/s of our TBF at the root among an interface's ``qdiscs``; None when
+    the root is not ours."""
+    for q in qdiscs:
         if q["parent"] == 0xFFFFFFFF and q.get_attr("TCA_KIND") == "tbf" and q["handle"] == 0x10000:
             return (q.get_nested("TCA_OPTIONS", "TCA_TBF_PARMS") or {}).get("rate")
     return None
@@ -205,10 +206,12 @@ class HostNetwork:
             raise NetworkError(f"nft failed: {proc.stderr.decode(errors='replace').strip()}")
 
     # --- per VE ------------------------------------------------------------------------
-    def plumb(self, veid: int, addresses: list[str], rate_in: int, rate_out: int) -> None:
-        """Make the host side match the spec: routes to each address and shaping.
+    def plumb(self, veid: int, addresses: list[str], rate_in: int, rate_out: int) -> int:
+        """Make the host side match the spec: routes to each address and shaping. Returns
+        the ifindex of the veth it plumbed.
 
-        Idempotent; runs after every start and whenever the VE's veth reappears.
+        Idempotent; runs after every start and whenever the VE's veth reappears. One
+        netlink socket serves the whole of it: opening one costs pyroute2 about 3 ms.
         """
         ifname = host_ifname(veid)
         # Proxy ARP/NDP answers (for the VE's gateways) are delayed up to proxy_delay by
@@ -244,7 +247,8 @@ class HostNetwork:
                 if version in families:
                     ipr.neigh("replace", dst=gateway, ifindex=idx[0], flags=NTF_PROXY,
                               family=2 if version == 4 else 10)
-        self.shape(veid, rate_in, rate_out)
+            self._shape(ipr, idx[0], veid, rate_in, rate_out)
+        return idx[0]
 
     @staticmethod
     def skip_dad(veid: int, pid: int, addresses: list[str]) -> None:
@@ -302,44 +306,50 @@ class HostNetwork:
 
     def shape(self, veid: int, rate_in: int, rate_out: int) -> None:
         """Bandwidth limits in bits/s (0 = none): to the VE on vz<veid>, from it on the IFB."""
-        ifname, ifb = host_ifname(veid), ifb_ifname(veid)
+        ifname = host_ifname(veid)
         with IPRoute() as ipr:
             (idx,) = ipr.link_lookup(ifname=ifname) or (None,)
             if idx is None:
                 raise NetworkError(f"host interface {ifname} is missing")
-            if self._shaped_as(ipr, idx, ifb, rate_in, rate_out):
-                return  # already right: no window without a limit, nothing torn down
-            for handle, parent in ((0x10000, 0xFFFFFFFF), (0xFFFF0000, 0xFFFFFFF1)):  # root, ingress
-                try:
-                    ipr.tc("del", index=idx, handle=handle, parent=parent)
-                except NetlinkError:
-                    pass  # nothing to remove
-            for i in ipr.link_lookup(ifname=ifb):
-                ipr.link("del", index=i)
-            if rate_in:
-                ipr.tc("add", "tbf", idx, handle=0x10000, rate=f"{rate_in}bit",
-                       burst=max(16 * 1024, rate_in // 8 // 50), latency="50ms")
-            if rate_out:
-                ipr.link("add", ifname=ifb, kind="ifb")
-                (ifb_idx,) = ipr.link_lookup(ifname=ifb)
-                ipr.link("set", index=ifb_idx, state="up")
-                ipr.tc("add", "tbf", ifb_idx, handle=0x10000, rate=f"{rate_out}bit",
-                       burst=max(16 * 1024, rate_out // 8 // 50), latency="50ms")
-                ipr.tc("add", "ingress", idx, 0xFFFF0000)
-                ipr.tc("add-filter", "u32", idx, parent=0xFFFF0000, protocol=ETH_P_ALL, prio=10,
-                       keys=["0x0/0x0+0"], target=0x10001,
-                       action={"kind": "mirred", "direction": "egress", "action": "redirect",
-                               "ifindex": ifb_idx})
+            self._shape(ipr, idx, veid, rate_in, rate_out)
+
+    def _shape(self, ipr, idx: int, veid: int, rate_in: int, rate_out: int) -> None:
+        """:meth:`shape` on an open netlink socket, for the veth with index ``idx``."""
+        ifb = ifb_ifname(veid)
+        if self._shaped_as(ipr, idx, ifb, rate_in, rate_out):
+            return  # already right: no window without a limit, nothing torn down
+        for handle, parent in ((0x10000, 0xFFFFFFFF), (0xFFFF0000, 0xFFFFFFF1)):  # root, ingress
+            try:
+                ipr.tc("del", index=idx, handle=handle, parent=parent)
+            except NetlinkError:
+                pass  # nothing to remove
+        for i in ipr.link_lookup(ifname=ifb):
+            ipr.link("del", index=i)
+        if rate_in:
+            ipr.tc("add", "tbf", idx, handle=0x10000, rate=f"{rate_in}bit",
+                   burst=max(16 * 1024, rate_in // 8 // 50), latency="50ms")
+        if rate_out:
+            ipr.link("add", ifname=ifb, kind="ifb")
+            (ifb_idx,) = ipr.link_lookup(ifname=ifb)
+            ipr.link("set", index=ifb_idx, state="up")
+            ipr.tc("add", "tbf", ifb_idx, handle=0x10000, rate=f"{rate_out}bit",
+                   burst=max(16 * 1024, rate_out // 8 // 50), latency="50ms")
+            ipr.tc("add", "ingress", idx, 0xFFFF0000)
+            ipr.tc("add-filter", "u32", idx, parent=0xFFFF0000, protocol=ETH_P_ALL, prio=10,
+                   keys=["0x0/0x0+0"], target=0x10001,
+                   action={"kind": "mirred", "direction": "egress", "action": "redirect",
+                           "ifindex": ifb_idx})
 
     @staticmethod
     def _shaped_as(ipr, idx: int, ifb: str, rate_in: int, rate_out: int) -> bool:
         """Whether ``vz<veid>`` (index ``idx``) is shaped exactly as asked already."""
-        if _tbf_rate(ipr, idx) != (rate_in // 8 if rate_in else None):
+        qdiscs = list(ipr.get_qdiscs(index=idx))
+        if _tbf_rate(qdiscs) != (rate_in // 8 if rate_in else None):
             return False
         ifb_idx = (ipr.link_lookup(ifname=ifb) or [None])[0]
         if not rate_out:
-            return ifb_idx is None and not any(q["parent"] == 0xFFFFFFF1 for q in ipr.get_qdiscs(index=idx))
-        if ifb_idx is None or _tbf_rate(ipr, ifb_idx) != rate_out // 8:
+            return ifb_idx is None and not any(q["parent"] == 0xFFFFFFF1 for q in qdiscs)
+        if ifb_idx is None or _tbf_rate(ipr.get_qdiscs(index=ifb_idx)) != rate_out // 8:
             return False
         try:
             filters = ipr.get_filters(index=idx, parent=0xFFFF0000)

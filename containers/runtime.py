@@ -843,16 +843,14 @@ class Runtime:
         from the agent's netlink watcher, when a reboot inside the VE made a new veth;
         the veth's ifindex is recorded so that the two do not plumb it twice."""
         try:
-            ifindex = self.net.ifindex(spec.veid)
-            self.net.plumb(spec.veid, list(spec.addresses), spec.rate_in, spec.rate_out)
+            ifindex = self.net.plumb(spec.veid, list(spec.addresses), spec.rate_in, spec.rate_out)
             if any(":" in a for a in spec.addresses):
                 self.net.skip_dad(spec.veid, self.init_pid(spec.veid), list(spec.addresses))
         except (network.NetworkError, OSError) as e:
             raise RuntimeError_(f"network setup failed: {e}") from None
-        if ifindex is not None:
-            path = self.plumbed_file(spec.veid)
-            path.parent.mkdir(exist_ok=True)
-            path.write_text(f"{ifindex}\n")
+        path = self.plumbed_file(spec.veid)
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(f"{ifindex}\n")
 
     def plumbed_file(self, veid: int) -> Path:
         return self.cfg.state / "net" / f"{veid}.link"

@@ -1,8 +1,11 @@
 """Hostile input is refused with a clear message and changes nothing; a busy VE refuses a
 second mutating job. These run against PostgreSQL with a node row whose queue no agent
 consumes: no container is needed to prove that nothing was written."""
+from datetime import timedelta
+
 import pytest
 from django.core.management import call_command
+from django.db import transaction
 from django.core.management.base import CommandError
 from django.utils import timezone
 
@@ -170,3 +173,38 @@ def test_id_ranges_fill_the_lowest_gap_and_an_exhausted_fleet_refuses_cleanly(id
         svc.ve_create(tenant=tenant, template="busybox")
     assert "No free id range" in e.value.message
     assert VE.objects.exclude(state="destroyed").count() == 4 and Job.objects.count() == 1
+
+
+def test_a_heartbeat_never_writes_back_a_state_that_changed_while_it_was_applied(idle_node, tenant, monkeypatch):
+    """The heartbeat reads a node's VE rows unlocked, then writes traffic totals (and state)
+    back under the rows' locks. A job result committed in between (here: the start of a
+    booting VE, whose veth counters move) must survive: the row's newer state wins. The
+    lost update showed as a debian-12 VE flipping back to "starting" right after its start
+    job succeeded."""
+    from panel.services import jobs
+
+    tmpl = OSTemplate.objects.get(name="busybox")
+    ve = VE.objects.create(veid=9101, tenant=tenant, node=idle_node, template=tmpl, hostname="boot1",
+                           uid_base=settings_id_base(), state="starting", memory=256 << 20, swap=0,
+                           disk=1 << 30, cpuunits=1000, cpulimit=0, numproc=512,
+                           state_changed_at=timezone.now() - timedelta(seconds=30))
+    real = jobs._item_traffic
+
+    def start_job_lands_meanwhile(total, item):
+        VE.objects.filter(pk=ve.pk).update(state="running", nproc=7, state_changed_at=timezone.now())
+        return real(total, item)
+
+    monkeypatch.setattr(jobs, "_item_traffic", start_job_lands_meanwhile)
+    item = {"veid": 9101, "state": "stopped", "nproc": 0,
+            "traffic": {"link": "b:5", "in_bytes": 500, "out_bytes": 90, "in_packets": 5, "out_packets": 1}}
+    with transaction.atomic():  # as apply_heartbeat calls it
+        jobs._apply_inventory(idle_node, [item], timezone.now(), sampled_at=timezone.now().timestamp() - 10)
+    ve.refresh_from_db()
+    assert (ve.state, ve.nproc) == ("running", 7), "the heartbeat undid the start job's result"
+    assert ve.traffic, "the traffic was still counted"
+
+
+def settings_id_base() -> int:
+    from django.conf import settings
+
+    return settings.HAKO_ID_BASE

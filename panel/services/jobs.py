@@ -348,8 +348,10 @@ def _apply_inventory(node: Node, inventory: list, now, sampled_at: float | None 
                .values_list("ve_id", flat=True))
     changed = []
     samples = {}
+    read = {}  # the state each row had when read here, unlocked
     for ve in VE.objects.filter(node=node).exclude(state__in=[VE.State.DESTROYED, VE.State.CREATING]).only(
             "id", "veid", "state", "nproc", "state_changed_at", "traffic"):
+        read[ve.pk] = ve.state
         item = seen.get(ve.veid)
         if item is not None:
             total = _item_traffic(ve.traffic, item)
@@ -358,7 +360,7 @@ def _apply_inventory(node: Node, inventory: list, now, sampled_at: float | None 
                 changed.append(ve)
         if item is not None and isinstance(item.get("usage"), dict):
             samples[ve.pk] = item["usage"]
-        if ve.pk in busy:
+        if ve.pk in busy or ve.state == VE.State.MIGRATING:  # its job or migration settles it
             continue
         if (sampled_at is not None and ve.state_changed_at is not None
                 and ve.state_changed_at.timestamp() > sampled_at - STALE_INVENTORY_MARGIN):
@@ -379,12 +381,19 @@ def _apply_inventory(node: Node, inventory: list, now, sampled_at: float | None 
     if changed:
         # The totals are added to under the rows' locks, taken in a fixed order: a job's
         # result (a stop's final counters) adds to the same rows.
-        fresh = dict(VE.objects.select_for_update().filter(pk__in=[v.pk for v in changed]).order_by("id")
-                     .values_list("id", "traffic"))
+        # A row whose state or node changed since it was read above (a job's result, a
+        # migration's commit) keeps that newer state: writing back what was read would
+        # undo it.
+        fresh = {row[0]: row[1:] for row in VE.objects.select_for_update().filter(
+            pk__in=[v.pk for v in changed]).order_by("id").values_list(
+            "id", "traffic", "state", "nproc", "state_changed_at", "node_id")}
         for ve in changed:
             item = seen.get(ve.veid)
-            base = fresh.get(ve.pk, ve.traffic)
+            base, state, nproc, state_changed_at, node_id = fresh.get(
+                ve.pk, (ve.traffic, read[ve.pk], ve.nproc, ve.state_changed_at, node.pk))
             ve.traffic = _item_traffic(base, item) if item is not None else base
+            if state != read[ve.pk] or node_id != node.pk:
+                ve.state, ve.nproc, ve.state_changed_at = state, nproc, state_changed_at
         VE.objects.bulk_update(changed, ["state", "nproc", "state_changed_at", "traffic"])
     if samples and sampled_at is not None:
         _apply_usage_samples(samples, sampled_at)

@@ -72,13 +72,21 @@ def _default_language_after_each_test():
 
 
 @pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix):
+    """Runs before the test database is made: one test session per TEST_ROOT at a time
+    (others wait), and what a killed earlier session left running is stopped first. Its
+    panel worker and agent hold sessions on the test database, which could then be
+    neither dropped nor made again."""
+    harness.lock_test_root()
+    harness.clean_leftovers()
+
+
+@pytest.fixture(scope="session")
 def stack(django_db_setup, django_db_blocker):
     """The running pipeline: panel worker and node agent against the test database."""
     import redis
     from django.db import connection
 
-    harness.lock_test_root()  # one test session per TEST_ROOT at a time; others wait
-    harness.clean_leftovers()
     redis.Redis.from_url(BROKER).flushdb()
     s = connection.settings_dict
     db_url = f"postgres://{s['USER']}@{s['HOST']}:{s['PORT']}/{s['NAME']}"

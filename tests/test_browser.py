@@ -1,8 +1,9 @@
 """The main customer journey in a real browser: Debian's Chromium driven by Playwright
 against a live panel and the real stack (panel worker, node agent, LXC).
 
-Sign in, create a busybox VE, start it, see it running, stop it, destroy it; the pages
-follow the jobs through htmx polling, so nothing here reloads by hand. Screenshots of each
+Sign in, create a busybox VE (started by its create job), stop and start it, see it
+running, stop it, destroy it; the pages follow the jobs through htmx polling, so nothing
+here reloads by hand. Screenshots of each
 step go to docs/screenshots/ for the docs and for a person to look at.
 
 Then the other roles and the other language: a viewer finds no buttons that change a VE,
@@ -67,6 +68,7 @@ def test_a_customer_creates_starts_stops_and_destroys_a_ve(stack, node, live_ser
     page.get_by_label("OS template").select_option("busybox")
     page.get_by_label("Hostname").fill("web1")
     page.get_by_label("Memory").fill("128M")
+    expect(page.get_by_label("Start the VE once it is created")).to_be_checked()
     shot(page, "02-create")
     page.get_by_role("button", name="Create", exact=True).click()
     # The job page follows the create job by itself (htmx polling) until it is over.
@@ -78,7 +80,10 @@ def test_a_customer_creates_starts_stops_and_destroys_a_ve(stack, node, live_ser
     ve = VE.objects.get(hostname="web1")
     page.get_by_role("link", name=f"Go to VE {ve.veid}").click()
     state = page.locator("#ve-status [data-state]")
-    expect(state).to_have_attribute("data-state", "stopped")
+    # The create job started it (the form's default); stop it to use the Start button.
+    expect(state).to_have_attribute("data-state", "running")
+    page.get_by_role("button", name="Stop", exact=True).click()
+    expect(state).to_have_attribute("data-state", "stopped", timeout=JOB_TIMEOUT_MS)
     page.get_by_role("button", name="Start", exact=True).click()
     expect(state).to_have_attribute("data-state", "running", timeout=JOB_TIMEOUT_MS)
     expect(page.locator("#ve-live")).not_to_have_attribute("hx-trigger", "every 2s", timeout=JOB_TIMEOUT_MS)

@@ -208,3 +208,25 @@ def settings_id_base() -> int:
     from django.conf import settings
 
     return settings.HAKO_ID_BASE
+
+
+def test_a_running_event_applied_after_the_result_still_records_the_start(idle_node, tenant):
+    """The panel worker's processes may apply a job's "succeeded" before its "running":
+    the job keeps its outcome and still gets its start time and step line."""
+    from containers import messages as m
+    from panel.services import jobs
+
+    job = svc.ve_create(tenant=tenant, template="busybox")
+    key = jobs.node_key(idle_node)
+
+    def event(seq, kind, ts, data=None):
+        return m.sign(m.event_body(node=idle_node.name, instance="agent-1", job_id=str(job.id), seq=seq,
+                                   type=kind, message=f"{kind} step", data=data or {}, lines=[], now=ts), key)
+
+    now = timezone.now().timestamp()
+    assert jobs.apply_event(event(2, "succeeded", now, {"state": "stopped"})) == "applied succeeded"
+    assert jobs.apply_event(event(1, "running", now - 0.05)).startswith("applied running")
+    job.refresh_from_db()
+    assert job.state == "succeeded" and job.started_at is not None and job.started_at < job.finished_at
+    assert list(job.logs.order_by("seq").values_list("seq", "message")) == [(1, "running step"), (2, "Task OK")]
+    assert jobs.apply_event(event(1, "running", now)) == "ignored: job already finished"

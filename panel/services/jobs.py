@@ -256,6 +256,14 @@ def apply_event(envelope) -> str:
         if job is None:
             return "dropped: unknown job"
         if job.is_terminal:
+            if kind == "running" and job.started_at is None:
+                # The panel worker's two processes applied the result first: the job keeps
+                # its outcome, and gets the start time and line its "running" event carries.
+                Job.objects.filter(pk=job.pk).update(started_at=ts,
+                                                     agent_instance=str(body.get("instance", ""))[:36])
+                JobLog.objects.bulk_create([JobLog(job=job, seq=seq, kind=JobLog.Kind.STEP, message=message,
+                                                   ts=ts)], ignore_conflicts=True)
+                return "applied running (after the job's result)"
             return "ignored: job already finished"
         changes: dict = {"last_seq": Greatest(F("last_seq"), seq)}
         if kind == "running":

@@ -56,6 +56,12 @@ def settled(job, *, poll: float = 0.002, timeout: float = 120):
 
     job = job_wait(job, timeout=timeout, poll=poll)
     job.seen_at = time.time()
+    # The panel worker's two processes may apply the result before the "running" event:
+    # its start time arrives a moment later (jobs.apply_event records it then).
+    deadline = time.monotonic() + 5
+    while job.started_at is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+        job.refresh_from_db(fields=["started_at"])
     if job.state != "succeeded":
         lines = "\n".join(f"  {line.seq}: {line.message}" for line in job.logs.order_by("seq"))
         raise BenchAbort(f"{job.kind} job {job.id} ended {job.state}: "

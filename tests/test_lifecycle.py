@@ -34,13 +34,19 @@ def test_busybox_lifecycle_is_a_sequence_of_logged_jobs(stack, node, tenant):
     assert ps.result["exit_code"] == 0
     assert "init" in ps.result["output"] and "syslogd" in ps.result["output"]
 
-    run(svc.ve_set(ve=ve, memory=512 << 20, cpulimit=50))
-    cg = Path(f"/sys/fs/cgroup/memory/hako.{node.name}/{ve.veid}/memory.limit_in_bytes")
+    run(svc.ve_set(ve=ve, memory=512 << 20, cpulimit=50, swap=128 << 20, cpuunits=2000, numproc=300))
+    cgroup = Path("/sys/fs/cgroup")
+    cg = cgroup / f"memory/hako.{node.name}/{ve.veid}/memory.limit_in_bytes"
     assert int(cg.read_text()) == 512 << 20, "the running VE's cgroup shows the new memory limit"
-    quota = Path(f"/sys/fs/cgroup/cpu/hako.{node.name}/{ve.veid}/cpu.cfs_quota_us")
-    assert int(quota.read_text()) == 50_000
+    memsw = cg.with_name("memory.memsw.limit_in_bytes")
+    if memsw.exists():  # only where the kernel accounts swap (swapaccount)
+        assert int(memsw.read_text()) == (512 + 128) << 20
+    cpu = cgroup / f"cpu/hako.{node.name}/{ve.veid}"
+    assert int((cpu / "cpu.cfs_quota_us").read_text()) == 50_000
+    assert int((cpu / "cpu.shares").read_text()) == 2048, "cpuunits 2000 is twice the default weight"
+    assert int((cgroup / f"pids/hako.{node.name}/{ve.veid}/pids.max").read_text()) == 300
     ve.refresh_from_db()
-    assert ve.memory == 512 << 20 and ve.cpulimit == 50
+    assert (ve.memory, ve.cpulimit, ve.swap, ve.cpuunits, ve.numproc) == (512 << 20, 50, 128 << 20, 2000, 300)
 
     stop = run(svc.ve_stop(ve=ve))
     ve.refresh_from_db()

@@ -581,8 +581,13 @@ class Agent:
                 time.sleep(0.5)
                 if rt.net.ifindex(veid) is not None:
                     return  # rebooted (or started again): it is plumbed by its new link
-                if rt.lxc_state(veid) == "STOPPED":
+                if rt.load_spec(veid) is None:
+                    return  # destroyed: its destroy job cleaned up
+                state = rt.lxc_state(veid)
+                if state == "STOPPED":
                     break
+                if state == "":
+                    return  # LXC does not know it (gone): nothing of it to clean up
             else:
                 return
             with self.ve_lock(veid):  # after a stop job's own unplumb, this finds nothing to do

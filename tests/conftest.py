@@ -43,17 +43,27 @@ def pytest_configure(config):
     fifth deadlock in a row, still fails the test."""
     import time
 
+    from django.core.management.base import CommandError
     from django.db.utils import OperationalError
     from django.test import TransactionTestCase
 
     teardown = TransactionTestCase._fixture_teardown
 
+    def deadlock(e: BaseException | None) -> bool:
+        # Django's flush command reports the database's error as a CommandError whose
+        # cause is the OperationalError: look down the chain.
+        while e is not None:
+            if isinstance(e, OperationalError) and "deadlock detected" in str(e):
+                return True
+            e = e.__cause__ or e.__context__
+        return False
+
     def _fixture_teardown(self):
         for attempt in range(5):
             try:
                 return teardown(self)
-            except OperationalError as e:
-                if "deadlock detected" not in str(e) or attempt == 4:
+            except (OperationalError, CommandError) as e:
+                if not deadlock(e) or attempt == 4:
                     raise
                 time.sleep(0.2 * (attempt + 1))
 

@@ -571,14 +571,17 @@ class Agent:
             self._final_traffic.setdefault(veid, []).append(final)
             if self._plumbed.get(veid) == ifindex:
                 del self._plumbed[veid]
-        threading.Thread(target=self._cleanup_if_halted, args=(veid,), name=f"unplumb-{veid}", daemon=True).start()
+        threading.Thread(target=self._cleanup_if_halted, args=(veid, ifindex), name=f"unplumb-{veid}",
+                         daemon=True).start()
 
-    def _cleanup_if_halted(self, veid: int, wait: float = 60.0) -> None:
+    def _cleanup_if_halted(self, veid: int, ifindex: int, wait: float = 60.0) -> None:
         rt = self.runtime
         try:
             deadline = time.monotonic() + wait
             while time.monotonic() < deadline and not self._stop.is_set():
                 time.sleep(0.5)
+                if rt.plumbed_link(veid) != ifindex:
+                    return  # a stop or destroy job unplumbed it (and forgot it): the usual case
                 if rt.net.ifindex(veid) is not None:
                     return  # rebooted (or started again): it is plumbed by its new link
                 if rt.load_spec(veid) is None:

@@ -429,7 +429,7 @@ class HostNetwork:
         return None
 
     def watch_links(self, on_new_link, stop: threading.Event, on_link_gone=None) -> None:
-        """Call ``on_new_link(veid, ifindex)`` for every RTM_NEWLINK of a ``vz<veid>``
+        """Call ``on_new_link(veid, ifindex, traffic)`` for every RTM_NEWLINK of a ``vz<veid>``
         interface (a VE started, also by rebooting itself; or a flag or carrier change of
         its veth) and ``on_link_gone(veid, ifindex, traffic)`` when one goes away (a stop,
         a reboot, a halt from inside), with the last counters the kernel reported for it.
